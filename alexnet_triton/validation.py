@@ -1,0 +1,36 @@
+"""Argument checks shared by the functional ops: each failure names the argument and what was expected."""
+
+from collections.abc import Sequence
+
+import torch
+
+from alexnet_triton.kernels._common import SUPPORTED_DTYPES
+
+
+def check_tensor(name: str, value, *, ndims: Sequence[int]) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() not in ndims:
+        expected = " or ".join(f"{n}-D" for n in ndims)
+        raise ValueError(f"{name} must be {expected}, got a {value.dim()}-D tensor of shape {tuple(value.shape)}")
+    if value.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{name} must have a floating dtype ({names}), got {value.dtype}")
+
+
+def check_same(name: str, value: torch.Tensor, like_name: str, like: torch.Tensor) -> None:
+    """value must live on like's device and have like's dtype (no silent casts or copies)."""
+    if value.device != like.device:
+        raise ValueError(f"{name} is on {value.device} but {like_name} is on {like.device}; move both to one device")
+    if value.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {value.dtype} but {like_name} has {like.dtype}; cast one to match")
+
+
+def pair(name: str, value, *, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= minimum, as a (height, width) tuple."""
+    items = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, Sequence) else None
+    if items is None or len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return items

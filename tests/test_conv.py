@@ -1,0 +1,284 @@
+"""at.conv2d_relu and at.nn.Conv2dReLU against float64 PyTorch: values, every gradient, layouts, errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TOLERANCE, assert_close, away_from_kink, requires_cuda
+
+import alexnet_triton as at
+
+
+def check_conv2d_relu(x, w, b, stride, padding, groups, tol_key, *, grad_view=None):
+    """Forward and the gradient of every input of at.conv2d_relu against float64 torch on the same
+    (rounded) values. grad_view, if given, turns the incoming gradient into a non-contiguous view."""
+    tol = TOLERANCE[tol_key]
+    inputs = [t for t in (x, w, b) if t is not None]
+    for t in inputs:
+        t.requires_grad_(True)
+    out = at.conv2d_relu(x, w, b, stride, padding, groups)
+
+    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
+    x64, w64 = inputs64[:2]
+    b64 = inputs64[2] if b is not None else None
+    pre = F.conv2d(x64, w64, b64, stride, padding, groups=groups)
+    ref = F.relu(pre)
+    assert out.dtype == x.dtype
+    assert_close(out, ref, TOLERANCE[tol_key], "output")
+
+    grad = away_from_kink(torch.randn_like(ref), pre.detach(), tol)
+    grad_in = grad.to(out.dtype)
+    if grad_view is not None:
+        grad_in = grad_view(grad_in)
+        assert not grad_in.is_contiguous() and torch.equal(grad_in, grad.to(out.dtype))
+    grads = torch.autograd.grad(out, inputs, grad_in)
+    ref_grads = torch.autograd.grad(ref, inputs64, grad)
+    for name, g, r in zip(("input", "weight", "bias"), grads, ref_grads, strict=False):
+        assert g.dtype == x.dtype
+        assert_close(g, r, tol, f"grad of {name}")
+    return out, grads
+
+
+def randn(*shape, device, dtype=torch.float32):
+    return torch.randn(*shape, device=device, dtype=dtype)
+
+
+# The five AlexNet convolutions (both towers in one tensor, groups=2 where the towers stay apart),
+# at a reduced spatial size: (C_in, C_out, kernel, stride, padding, groups, input size).
+ALEXNET_LAYERS = {
+    "conv1": (3, 96, 11, 4, 0, 1, 23),
+    "conv2": (96, 256, 5, 1, 2, 2, 7),
+    "conv3": (256, 384, 3, 1, 1, 1, 5),
+    "conv4": (384, 384, 3, 1, 1, 2, 5),
+    "conv5": (384, 256, 3, 1, 1, 2, 5),
+}
+
+
+@pytest.mark.parametrize("layer", ALEXNET_LAYERS)
+def test_alexnet_layer_shapes_match_reference(layer, precision, device):
+    dtype, tol_key = precision
+    c_in, c_out, k, stride, padding, groups, size = ALEXNET_LAYERS[layer]
+    x = randn(2, c_in, size, size, device=device, dtype=dtype)
+    # Weights scaled like a trained layer's (unit-variance pre-activations); values are arbitrary.
+    w = (randn(c_out, c_in // groups, k, k, device=device) / (c_in // groups * k * k) ** 0.5).to(dtype)
+    b = randn(c_out, device=device, dtype=dtype)
+    check_conv2d_relu(x, w, b, stride, padding, groups, tol_key)
+
+
+def test_odd_sizes_rectangular_kernel_and_stride(device):
+    # Primes everywhere: batch 3, 5 -> 7 channels, 17x13 image, 3x5 kernel, stride (2, 3), padding (1, 2).
+    x, w, b = randn(3, 5, 17, 13, device=device), randn(7, 5, 3, 5, device=device), randn(7, device=device)
+    check_conv2d_relu(x, w, b, (2, 3), (1, 2), 1, torch.float32)
+
+
+def test_batch_one_single_channel(device):
+    x, w, b = randn(1, 1, 11, 11, device=device), randn(1, 1, 3, 3, device=device), randn(1, device=device)
+    check_conv2d_relu(x, w, b, 1, 0, 1, torch.float32)
+
+
+def test_depthwise_groups(device):
+    x, w, b = randn(2, 6, 9, 9, device=device), randn(6, 1, 3, 3, device=device), randn(6, device=device)
+    check_conv2d_relu(x, w, b, 2, 1, 6, torch.float32)
+
+
+def test_without_bias(device):
+    x, w = randn(2, 8, 9, 9, device=device), randn(12, 4, 3, 3, device=device)
+    out, grads = check_conv2d_relu(x, w, None, 1, 1, 2, torch.float32)
+    assert len(grads) == 2
+
+
+def test_channels_last_in_and_out(device):
+    x = randn(2, 16, 9, 11, device=device).to(memory_format=torch.channels_last)
+    w = randn(24, 8, 3, 3, device=device).to(memory_format=torch.channels_last)
+    b = randn(24, device=device)
+    out, grads = check_conv2d_relu(x, w, b, 1, 1, 2, torch.float32)
+    assert out.is_contiguous(memory_format=torch.channels_last), "channels_last input should give channels_last output"
+    assert grads[0].is_contiguous(memory_format=torch.channels_last), "input gradient should keep the input layout"
+
+
+def test_non_contiguous_input_and_weight(device):
+    x = randn(2, 9, 6, 22, device=device).permute(0, 2, 1, 3)[..., ::2]  # (2, 6, 9, 11), no unit stride in W
+    w = randn(3, 3, 6, 10, device=device).permute(3, 2, 0, 1)  # (10, 6, 3, 3), channels innermost
+    assert not x.is_contiguous() and not w.is_contiguous()
+    check_conv2d_relu(x, w, randn(10, device=device), 2, 1, 1, torch.float32)
+
+
+def test_non_contiguous_incoming_gradient(device):
+    x, w, b = randn(2, 6, 10, 10, device=device), randn(8, 3, 3, 3, device=device), randn(8, device=device)
+
+    def strided_copy(g):  # same values, every other element of a buffer twice as wide
+        wide = torch.empty(*g.shape[:-1], 2 * g.shape[-1], dtype=g.dtype, device=g.device)
+        wide[..., ::2] = g
+        return wide[..., ::2]
+
+    check_conv2d_relu(x, w, b, 1, 1, 2, torch.float32, grad_view=strided_copy)
+
+
+def test_float64_matches_to_rounding(device):
+    x, w, b = (randn(*s, device=device, dtype=torch.float64) for s in ((2, 4, 8, 7), (6, 2, 3, 3), (6,)))
+    check_conv2d_relu(x, w, b, (1, 2), 1, 2, torch.float64)
+
+
+def test_gradcheck_tiny_float64(device):
+    # Finite differences cost two forward passes per input element: keep it to 52 elements.
+    x = randn(1, 2, 4, 4, device=device, dtype=torch.float64).requires_grad_()
+    w = randn(2, 1, 3, 3, device=device, dtype=torch.float64).requires_grad_()
+    b = randn(2, device=device, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w, b: at.conv2d_relu(x, w, b, (1, 2), 1, 2), (x, w, b))
+
+
+def test_unbatched_input(device):
+    x, w, b = randn(4, 7, 7, device=device), randn(5, 4, 3, 3, device=device), randn(5, device=device)
+    out = at.conv2d_relu(x, w, b, padding=1)
+    assert out.shape == (5, 7, 7)
+    assert_close(out, F.relu(F.conv2d(x.double(), w.double(), b.double(), padding=1)), 1e-5, "unbatched output")
+
+
+def test_string_padding(device):
+    x, w = randn(1, 3, 6, 6, device=device), randn(4, 3, 3, 3, device=device)
+    for padding in ("same", "valid"):
+        ref = F.relu(F.conv2d(x.double(), w.double(), padding=padding))
+        assert_close(at.conv2d_relu(x, w, padding=padding), ref, 1e-5, f"padding={padding!r}")
+
+
+def test_only_the_needed_gradients_flow(device):
+    # AlexNet's conv1 never needs the image's gradient; asking for the weight only must work.
+    x = randn(1, 3, 15, 15, device=device)
+    w = randn(8, 3, 11, 11, device=device).requires_grad_()
+    out = at.conv2d_relu(x, w, None, stride=4)
+    out.sum().backward()
+    w64 = w.detach().double().requires_grad_()
+    F.relu(F.conv2d(x.double(), w64, stride=4)).sum().backward()
+    assert x.grad is None
+    assert_close(w.grad, w64.grad, 1e-5, "weight gradient")
+
+
+def test_empty_batch(device):
+    x, w, b = randn(0, 3, 8, 8, device=device), randn(4, 3, 3, 3, device=device), randn(4, device=device)
+    out = at.conv2d_relu(x, w, b)
+    assert out.shape == (0, 4, 6, 6)
+
+
+# ---- the module --------------------------------------------------------------------------------
+
+
+def test_module_is_a_drop_in_conv2d(device):
+    torch_conv = torch.nn.Conv2d(6, 8, 3, stride=2, padding=1, groups=2).to(device)
+    fused = at.nn.Conv2dReLU(6, 8, 3, stride=2, padding=1, groups=2).to(device)
+    assert isinstance(fused, torch.nn.Conv2d)
+    assert fused.state_dict().keys() == torch_conv.state_dict().keys()
+    fused.load_state_dict(torch_conv.state_dict())
+    x = randn(2, 6, 9, 9, device=device)
+    assert_close(fused(x), F.relu(torch_conv.double()(x.double())), 1e-5, "module output")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match", [({"dilation": 2}, "dilation"), ({"padding_mode": "reflect"}, "padding_mode")]
+)
+def test_module_rejects_what_it_cannot_compute(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        at.nn.Conv2dReLU(3, 4, 3, **kwargs)
+
+
+# ---- validation ----------------------------------------------------------------------------------
+
+
+def _valid():
+    return torch.randn(2, 4, 8, 8), torch.randn(6, 2, 3, 3), torch.randn(6)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda x, w, b: (x[0, 0], w, b, {}), ValueError, "input must be 3-D or 4-D"),
+        (lambda x, w, b: (x, w[0], b, {}), ValueError, "weight must be 4-D"),
+        (lambda x, w, b: (x.long(), w, b, {}), TypeError, "input must have a floating dtype"),
+        (lambda x, w, b: (x, w.double(), b, {}), TypeError, "weight has dtype torch.float64 but input"),
+        (lambda x, w, b: (x, w, b.to("meta"), {}), ValueError, "bias is on meta but input is on cpu"),
+        (lambda x, w, b: (x[:, :3], w, b, {}), ValueError, "input has 3 channels but weight expects"),
+        (lambda x, w, b: (x, w, b, {"groups": 3}), ValueError, "weight expects 2 per group x 3"),
+        (lambda x, w, b: (x, w[:5], b, {}), ValueError, "groups=2 does not divide"),
+        (lambda x, w, b: (x, w, b[:5], {}), ValueError, "bias has 5 elements"),
+        (lambda x, w, b: (x, w, b, {"stride": 0}), ValueError, "stride must be >= 1"),
+        (lambda x, w, b: (x, w, b, {"stride": (1, 2, 3)}), TypeError, "stride must be an int or a pair"),
+        (lambda x, w, b: (x, w, b, {"padding": -1}), ValueError, "padding must be >= 0"),
+        (lambda x, w, b: (x, w, b, {"groups": 0}), ValueError, "groups must be a positive int"),
+        (lambda x, w, b: (x, w, b, {"dilation": 2}), ValueError, "dilation=2 is not supported"),
+        (lambda x, w, b: (x[..., :2, :2], w, b, {}), ValueError, "input height 2 .* smaller than the kernel"),
+        (lambda x, w, b: (x, w, b, {"padding": "same", "stride": 2}), ValueError, "padding='same' needs stride 1"),
+        (lambda x, w, b: ("image", w, b, {}), TypeError, "input must be a torch.Tensor"),
+    ],
+)
+def test_bad_arguments_name_the_argument(change, error, match):
+    x, w, b, kwargs = change(*_valid())
+    kwargs.setdefault("groups", 2)
+    with pytest.raises(error, match=match):
+        at.conv2d_relu(x, w, b, **kwargs)
+
+
+# ---- backends ----------------------------------------------------------------------------------
+
+
+def test_backend_names():
+    assert at.backend("cuda") == "triton"
+    assert at.backend(torch.device("cuda", 1)) == "triton"
+    expected_cpu = "triton-interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+    assert at.backend("cpu") == expected_cpu
+    assert at.backend(torch.empty(1)) == expected_cpu
+    assert at.backend("meta") == "torch"
+
+
+def test_cpu_without_interpreter_runs_the_reference():
+    # The interpreter switch is read when triton is imported, so this needs a fresh process.
+    script = (
+        "import torch, torch.nn.functional as F, alexnet_triton as at\n"
+        "assert at.backend('cpu') == 'torch', at.backend('cpu')\n"
+        "x, w, b = torch.randn(2, 4, 9, 9, requires_grad=True), torch.randn(6, 2, 3, 3), torch.randn(6)\n"
+        "out = at.conv2d_relu(x, w, b, padding=1, groups=2)\n"
+        "torch.testing.assert_close(out, F.relu(F.conv2d(x, w, b, padding=1, groups=2)))\n"
+        "out.sum().backward(); assert x.grad is not None\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+# ---- GPU only ------------------------------------------------------------------------------------
+
+
+@requires_cuda
+def test_autocast_bf16_casts_like_conv2d():
+    conv = at.nn.Conv2dReLU(8, 16, 3, padding=1).cuda()
+    x = torch.randn(4, 8, 12, 12, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = conv(x)
+    assert out.dtype == torch.bfloat16
+    x64, w64, b64 = (t.detach().bfloat16().double() for t in (x, conv.weight, conv.bias))
+    ref = F.relu(F.conv2d(x64, w64, b64, padding=1))
+    assert_close(out, ref, TOLERANCE[torch.bfloat16], "autocast output")
+    out.float().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32
+
+
+@requires_cuda
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_torch_compile_sees_one_op(memory_format):
+    conv = at.nn.Conv2dReLU(16, 32, 3, padding=1).cuda()
+    compiled = torch.compile(conv, fullgraph=True)
+    x = torch.randn(4, 16, 13, 13, device="cuda").to(memory_format=memory_format).requires_grad_()
+    out = compiled(x)
+    x64 = x.detach().double().requires_grad_()
+    w64, b64 = conv.weight.detach().double().requires_grad_(), conv.bias.detach().double().requires_grad_()
+    pre = F.conv2d(x64, w64, b64, padding=1)
+    ref = F.relu(pre)
+    tol = TOLERANCE["tf32"]
+    grad = away_from_kink(torch.randn_like(ref), pre.detach(), tol)
+    out.backward(grad.float())
+    ref.backward(grad)
+    assert_close(out, ref, tol, "compiled output")
+    assert_close(x.grad, x64.grad, tol, "compiled input gradient")
+    assert_close(conv.weight.grad, w64.grad, tol, "compiled weight gradient")
