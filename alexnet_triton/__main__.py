@@ -19,14 +19,17 @@ def check_conv2d_relu(device: torch.device) -> None:
     x = torch.randn(2, 96, 13, 13, device=device, requires_grad=True)
     w = (torch.randn(256, 48, 5, 5, device=device) / (48 * 25) ** 0.5).requires_grad_()
     b = torch.randn(256, device=device, requires_grad=True)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    pre = F.conv2d(x64, w64, b64, padding=2, groups=2)
+    ref = F.relu(pre)
+    # Where the pre-activation is within fp32 rounding of 0, ReLU's derivative is a coin toss; leave those out.
+    grad = torch.randn_like(ref) * (pre.detach().abs() > 1e-3 * pre.detach().std())
+    ref_grads = torch.autograd.grad(ref, (x64, w64, b64), grad)
+
     start = time.perf_counter()
     out = at.conv2d_relu(x, w, b, padding=2, groups=2)
-    grads = torch.autograd.grad(out, (x, w, b), torch.ones_like(out))
+    grads = torch.autograd.grad(out, (x, w, b), grad.float())
     seconds = time.perf_counter() - start
-
-    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    ref = F.relu(F.conv2d(x64, w64, b64, padding=2, groups=2))
-    ref_grads = torch.autograd.grad(ref, (x64, w64, b64), torch.ones_like(ref))
     errors = [_relative_error(a, r) for a, r in zip((out, *grads), (ref, *ref_grads), strict=True)]
     print(
         f"conv2d_relu  96->256 5x5 groups=2  {seconds:6.2f} s  relative error vs float64: "
