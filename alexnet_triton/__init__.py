@@ -7,7 +7,16 @@ at.backend(x.device)                                        # "triton" | "triton
 """
 
 from alexnet_triton import functional, nn, reference
-from alexnet_triton.functional import backend, conv2d_relu
+from alexnet_triton.functional import backend, conv2d_relu, dropout, local_response_norm, max_pool2d
 
-__all__ = ["backend", "conv2d_relu", "functional", "nn", "reference"]
+__all__ = [
+    "backend",
+    "conv2d_relu",
+    "dropout",
+    "functional",
+    "local_response_norm",
+    "max_pool2d",
+    "nn",
+    "reference",
+]
 __version__ = "0.1.0"

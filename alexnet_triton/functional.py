@@ -14,7 +14,10 @@ from torch.library import register_autograd, triton_op
 from alexnet_triton import reference
 from alexnet_triton.kernels import _common
 from alexnet_triton.kernels import conv as conv_kernels
-from alexnet_triton.validation import check_same, check_tensor, pair
+from alexnet_triton.kernels import dropout as dropout_kernels
+from alexnet_triton.kernels import lrn as lrn_kernels
+from alexnet_triton.kernels import pool as pool_kernels
+from alexnet_triton.validation import check_number, check_same, check_tensor, pair
 
 # ---------------------------------------------------------------------------------------------
 # Backend selection
@@ -177,3 +180,215 @@ def conv2d_relu(
     else:
         out = torch.ops.alexnet_triton.conv2d_relu(input, weight, bias, list(stride), list(padding), groups)
     return out.squeeze(0) if unbatched else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Local Response Normalization
+# ---------------------------------------------------------------------------------------------
+
+
+@triton_op("alexnet_triton::local_response_norm", mutates_args=())
+def _local_response_norm(input: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+    return lrn_kernels.lrn_forward(input, size, alpha, beta, k)
+
+
+@triton_op("alexnet_triton::local_response_norm_backward", mutates_args=())
+def _local_response_norm_backward(
+    grad_out: Tensor, input: Tensor, size: int, alpha: float, beta: float, k: float
+) -> Tensor:
+    return lrn_kernels.lrn_backward(grad_out, input, size, alpha, beta, k)
+
+
+def _local_response_norm_setup_context(ctx, inputs, output):
+    input, size, alpha, beta, k = inputs
+    ctx.save_for_backward(input)  # the scale is recomputed from it; nothing else is kept
+    ctx.lrn = (size, alpha, beta, k)
+
+
+def _local_response_norm_grad(ctx, grad_out):
+    (input,) = ctx.saved_tensors
+    grad_input = torch.ops.alexnet_triton.local_response_norm_backward(grad_out, input, *ctx.lrn)
+    return grad_input, None, None, None, None
+
+
+register_autograd(_local_response_norm, _local_response_norm_grad, setup_context=_local_response_norm_setup_context)
+
+
+def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> Tensor:
+    """Local response normalization across channels, exactly as ``F.local_response_norm``:
+
+        out[c] = x[c] / (k + alpha / size * sum of x[j]^2 over the `size` channels around c) ** beta
+
+    input: (N, C, *) with at least one spatial dimension, any layout. PyTorch (and Caffe) divide alpha
+    by `size`; the 2012 paper does not, so the paper's LRN (k=2, n=5, alpha=1e-4, beta=0.75) is
+    ``local_response_norm(x, size=5, alpha=5e-4, beta=0.75, k=2.0)``. alpha, beta and k are applied in
+    fp32 (fp64 for fp64 input); fp16 / bf16 inputs are computed in fp32.
+
+    Saved for backward: the input only (the scale is recomputed), so 0 extra bytes per element
+    whenever the input is kept anyway.
+    """
+    check_tensor("input", input, min_ndim=3)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int (channels in the window), got {size!r}")
+    alpha, beta, k = (check_number(name, v) for name, v in (("alpha", alpha), ("beta", beta), ("k", k)))
+    if input.shape[1] == 0 or input.numel() == 0:
+        raise ValueError(f"input must have channels and pixels, got shape {tuple(input.shape)}")
+
+    if backend(input.device) == "torch":
+        return reference.local_response_norm(input, size, alpha, beta, k)
+    # The kernel sees (N, C, H, W): 3-D input gains H = 1, 5-D and up fold their trailing dimensions.
+    if input.dim() == 3:
+        x = input.unsqueeze(2)
+    elif input.dim() > 4:
+        x = input.flatten(3)
+    else:
+        x = input
+    out = torch.ops.alexnet_triton.local_response_norm(x, size, alpha, beta, k)
+    return out.reshape(input.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Max-pool
+# ---------------------------------------------------------------------------------------------
+
+
+@triton_op("alexnet_triton::max_pool2d", mutates_args=())
+def _max_pool2d(input: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
+    """(output, window position of each maximum)."""
+    return pool_kernels.max_pool_forward(input, kernel_size, stride, padding)
+
+
+@triton_op("alexnet_triton::max_pool2d_backward", mutates_args=())
+def _max_pool2d_backward(
+    grad_out: Tensor,
+    positions: Tensor,
+    input_shape: list[int],
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+) -> Tensor:
+    return pool_kernels.max_pool_backward(grad_out, positions, input_shape, kernel_size, stride, padding)
+
+
+def _max_pool2d_setup_context(ctx, inputs, output):
+    input, kernel_size, stride, padding = inputs
+    _, positions = output
+    ctx.mark_non_differentiable(positions)
+    ctx.save_for_backward(positions)  # one byte per output element; nothing of the input but its shape
+    ctx.pool = (list(input.shape), kernel_size, stride, padding)
+
+
+def _max_pool2d_grad(ctx, grad_out, _grad_positions):
+    (positions,) = ctx.saved_tensors
+    grad_input = torch.ops.alexnet_triton.max_pool2d_backward(grad_out, positions, *ctx.pool)
+    return grad_input, None, None, None
+
+
+register_autograd(_max_pool2d, _max_pool2d_grad, setup_context=_max_pool2d_setup_context)
+
+
+def max_pool2d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    *,
+    dilation=1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Tensor:
+    """2-D max-pool, exactly as ``F.max_pool2d`` (floor mode): padding never wins, NaN propagates, ties
+    go to the first maximum. AlexNet's overlapping pool is ``max_pool2d(x, 3, 2)``.
+
+    input: (N, C, H, W) or unbatched (C, H, W), any layout (channels_last is kept). dilation,
+    ceil_mode and return_indices exist only to refuse what this op does not compute.
+
+    Saved for backward: the position of each maximum inside its window, one byte per output element
+    (PyTorch saves an int64 index: 8 bytes), and no part of the input.
+    """
+    check_tensor("input", input, ndims=(3, 4))
+    if pair("dilation", dilation, minimum=1) != (1, 1):
+        raise ValueError(f"dilation={dilation!r} is not supported by max_pool2d; only dilation=1 is")
+    if ceil_mode:
+        raise ValueError("ceil_mode=True is not supported by max_pool2d; only floor mode is")
+    if return_indices:
+        raise ValueError("return_indices=True is not supported by max_pool2d (it saves 1-byte window positions)")
+    kernel = pair("kernel_size", kernel_size, minimum=1)
+    stride = kernel if stride is None or stride == [] else pair("stride", stride, minimum=1)
+    padding = pair("padding", padding, minimum=0)
+    for axis, k, p in zip(("height", "width"), kernel, padding, strict=True):
+        if p > k // 2:
+            raise ValueError(f"padding {p} must be at most half the kernel's {axis} {k}")
+    for axis, size, k, p in zip(("height", "width"), input.shape[-2:], kernel, padding, strict=True):
+        if size + 2 * p < k:
+            raise ValueError(f"input {axis} {size} + 2 x padding {p} is smaller than the kernel's {k}")
+    if min(input.shape[-3:]) == 0:
+        raise ValueError(f"input has an empty channel or spatial dimension: shape {tuple(input.shape)}")
+
+    if backend(input.device) == "torch":
+        return reference.max_pool2d(input, kernel, stride, padding)
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    out, _ = torch.ops.alexnet_triton.max_pool2d(x, list(kernel), list(stride), list(padding))
+    return out.squeeze(0) if unbatched else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------------
+
+
+@triton_op("alexnet_triton::dropout", mutates_args=())
+def _dropout(input: Tensor, seed: Tensor, p: float, channels_last: bool) -> Tensor:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return dropout_kernels.dropout(input, seed, p, memory_format)
+
+
+def _dropout_setup_context(ctx, inputs, output):
+    _, seed, p, channels_last = inputs
+    ctx.save_for_backward(seed)  # 8 bytes: the mask is regenerated from it
+    ctx.dropout = (p, channels_last)
+
+
+def _dropout_grad(ctx, grad_out):
+    (seed,) = ctx.saved_tensors
+    # The derivative of dropout is dropout with the same mask: the same op, the same seed.
+    return torch.ops.alexnet_triton.dropout(grad_out, seed, *ctx.dropout), None, None, None
+
+
+register_autograd(_dropout, _dropout_grad, setup_context=_dropout_setup_context)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, *, seed: int | None = None) -> Tensor:
+    """Dropout with ``F.dropout`` semantics and no stored mask.
+
+    Training: each element is zeroed with probability p and the kept ones are scaled by 1 / (1 - p);
+    p = 0 returns the input's values, p = 1 zeros. Not training: the input itself. The mask comes
+    from Triton's Philox generator keyed by ``seed`` and each element's position in memory, and the
+    backward regenerates it: 8 bytes saved per call instead of a byte per element. With seed=None the
+    seed is drawn from PyTorch's generator for the input's device, so ``torch.manual_seed`` makes runs
+    repeatable; the same seed gives the same mask for the same shape and layout.
+    """
+    check_tensor("input", input)
+    p = check_number("p", p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p}")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {training!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
+    if input.numel() > dropout_kernels.MAX_ELEMENTS:
+        raise ValueError(f"input has {input.numel()} elements; dropout supports up to {dropout_kernels.MAX_ELEMENTS}")
+
+    if not training:
+        return input
+    if p == 0.0:
+        return input.clone()
+    if backend(input.device) == "torch":
+        return reference.dropout(input, p, training, seed=seed)
+    if seed is None:
+        seed_tensor = torch.randint(0, 2**62, (), device=input.device, dtype=torch.int64)
+    else:
+        seed_tensor = torch.full((), seed, device=input.device, dtype=torch.int64)
+    channels_last = _common.suggest_memory_format(input) == torch.channels_last
+    return torch.ops.alexnet_triton.dropout(input, seed_tensor, p, channels_last)

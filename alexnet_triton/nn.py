@@ -23,3 +23,47 @@ class Conv2dReLU(torch.nn.Conv2d):
 
     def forward(self, input: Tensor) -> Tensor:
         return functional.conv2d_relu(input, self.weight, self.bias, self.stride, self.padding, self.groups)
+
+
+class LocalResponseNorm(torch.nn.LocalResponseNorm):
+    """``nn.LocalResponseNorm`` computed by one fused op (:func:`alexnet_triton.local_response_norm`).
+
+    PyTorch's convention: alpha is divided by size. The 2012 paper's LRN is
+    ``LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)``.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        return functional.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
+
+
+class MaxPool2d(torch.nn.MaxPool2d):
+    """``nn.MaxPool2d`` computed by the fused op (:func:`alexnet_triton.max_pool2d`).
+
+    dilation, ceil_mode and return_indices other than their defaults raise at construction, rather
+    than computing something else.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.dilation not in (1, (1, 1)):
+            raise ValueError(f"MaxPool2d supports dilation=1 only, got dilation={self.dilation}")
+        if self.ceil_mode:
+            raise ValueError("MaxPool2d supports ceil_mode=False only")
+        if self.return_indices:
+            raise ValueError("MaxPool2d does not return indices (it saves 1-byte window positions instead)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding)
+
+
+class Dropout(torch.nn.Dropout):
+    """``nn.Dropout`` that stores no mask (:func:`alexnet_triton.dropout`): each call draws a seed from
+    PyTorch's generator, and backward regenerates the mask from it. inplace=True is refused."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False):
+        super().__init__(p, inplace)
+        if inplace:
+            raise ValueError("Dropout(inplace=True) is not supported: the fused op writes a new tensor")
+
+    def forward(self, input: Tensor) -> Tensor:
+        return functional.dropout(input, self.p, self.training)

@@ -14,3 +14,21 @@ def conv2d_relu(
     groups: int = 1,
 ) -> torch.Tensor:
     return F.relu(F.conv2d(input, weight, bias, stride=stride, padding=padding, groups=groups))
+
+
+def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+    return F.local_response_norm(input, size, alpha, beta, k)
+
+
+def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    return F.max_pool2d(input, kernel_size, stride, padding)
+
+
+def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, *, seed: int | None = None) -> torch.Tensor:
+    """F.dropout; with a seed, the mask comes from a generator seeded with it (not Philox's mask)."""
+    if seed is None or not training:
+        return F.dropout(input, p, training)
+    generator = torch.Generator(device=input.device).manual_seed(seed)
+    keep = torch.rand(input.shape, generator=generator, device=input.device) >= p
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    return torch.where(keep, input * scale, torch.zeros((), dtype=input.dtype, device=input.device))

@@ -7,10 +7,13 @@ import torch
 from alexnet_triton.kernels._common import SUPPORTED_DTYPES
 
 
-def check_tensor(name: str, value, *, ndims: Sequence[int]) -> None:
+def check_tensor(name: str, value, *, ndims: Sequence[int] | None = None, min_ndim: int = 0) -> None:
+    """A floating tensor with one of the ranks in ndims (any rank when None) and at least min_ndim."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dim() not in ndims:
+    if value.dim() < min_ndim:
+        raise ValueError(f"{name} must be at least {min_ndim}-D, got shape {tuple(value.shape)}")
+    if ndims is not None and value.dim() not in ndims:
         expected = " or ".join(f"{n}-D" for n in ndims)
         raise ValueError(f"{name} must be {expected}, got a {value.dim()}-D tensor of shape {tuple(value.shape)}")
     if value.dtype not in SUPPORTED_DTYPES:
@@ -24,6 +27,13 @@ def check_same(name: str, value: torch.Tensor, like_name: str, like: torch.Tenso
         raise ValueError(f"{name} is on {value.device} but {like_name} is on {like.device}; move both to one device")
     if value.dtype != like.dtype:
         raise TypeError(f"{name} has dtype {value.dtype} but {like_name} has {like.dtype}; cast one to match")
+
+
+def check_number(name: str, value) -> float:
+    """A real number (int or float, not bool), returned as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 def pair(name: str, value, *, minimum: int) -> tuple[int, int]:

@@ -34,3 +34,44 @@ def away_from_kink(grad: torch.Tensor, pre_activation: torch.Tensor, tol: float)
     the derivative itself is undefined up to rounding. Everywhere else the gradient is compared."""
     margin = 10 * tol * pre_activation.std()
     return grad * (pre_activation.abs() > margin)
+
+
+def check_input_gradient(op, ref_op, x: torch.Tensor, tol: float, *, grad_view=None):
+    """op(x) and its gradient against ref_op on x in float64. grad_view, if given, turns the incoming
+    gradient into a non-contiguous view of the same values."""
+    x.requires_grad_(True)
+    out = op(x)
+    x64 = x.detach().double().requires_grad_(True)
+    ref = ref_op(x64)
+    assert out.dtype == x.dtype
+    assert_close(out, ref, tol, "output")
+    grad = torch.randn_like(ref)
+    grad_in = grad.to(out.dtype)
+    if grad_view is not None:
+        grad_in = grad_view(grad_in)
+        assert not grad_in.is_contiguous() and torch.equal(grad_in, grad.to(out.dtype))
+    (grad_x,) = torch.autograd.grad(out, x, grad_in)
+    (ref_grad_x,) = torch.autograd.grad(ref, x64, grad)
+    assert grad_x.dtype == x.dtype
+    assert_close(grad_x, ref_grad_x, tol, "input gradient")
+    return out, grad_x
+
+
+def every_other(g: torch.Tensor) -> torch.Tensor:
+    """The same values as g, as every other element of a buffer twice as wide (non-contiguous)."""
+    wide = torch.empty(*g.shape[:-1], 2 * g.shape[-1], dtype=g.dtype, device=g.device)
+    wide[..., ::2] = g
+    return wide[..., ::2]
+
+
+def saved_tensors(fn):
+    """Run fn() and return its result and the tensors autograd saved for backward while it ran."""
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, saved

@@ -1,0 +1,84 @@
+"""Dropout whose mask is never stored: Triton's counter-based Philox generator regenerates it from a
+seed and each element's position (Triton tutorial 04, "low-memory dropout").
+
+    keep[i] = uniform(seed, i) >= p          out[i] = x[i] / (1 - p) if keep[i] else 0
+
+The backward is the same kernel applied to the incoming gradient with the same seed, so the state kept
+for backward is one int64 seed: 8 bytes per call instead of PyTorch's one-byte-per-element mask.
+Positions are indices into the tensor's memory (contiguous or channels_last), so one seed gives one
+mask per shape and layout.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from . import _common
+
+# ---------------------------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------------------------
+
+# Elements per program for a purely bandwidth-bound kernel (tutorial 01 uses 1024). Not yet measured
+# on a GPU for this project.
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK": 1024}, num_warps=4),
+    triton.Config({"BLOCK": 2048}, num_warps=8),
+    triton.Config({"BLOCK": 4096}, num_warps=8),
+]
+_INTERPRETER_CONFIG = triton.Config({"BLOCK": 65536})
+_CONFIGS = _common.configs(_GPU_CONFIGS, _INTERPRETER_CONFIG)
+
+# Philox counters here are 32-bit element positions.
+MAX_ELEMENTS = 2**31 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=_CONFIGS, key=["numel"])
+@triton.jit
+def _dropout_kernel(
+    # pointers: seed_ptr holds one int64
+    x_ptr, out_ptr, seed_ptr,
+    # sizes
+    numel,
+    # dropout parameters: scale = 1 / (1 - p), or 0 when p = 1
+    p, scale,
+    # meta-parameters
+    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    seed = tl.load(seed_ptr)
+    keep = tl.rand(seed, offs) >= p  # uniform in [0, 1): kept with probability 1 - p
+    x = tl.load(x_ptr + offs, mask=mask)
+    out = tl.where(keep, x.to(ACC_DTYPE) * scale, 0.0)  # scaled in fp32, as PyTorch does
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def dropout(x: torch.Tensor, seed: torch.Tensor, p: float, memory_format: torch.memory_format) -> torch.Tensor:
+    """Dropout of x with the mask drawn from `seed` (an int64 tensor of one element on x's device).
+
+    x is laid out in `memory_format` first (a no-op when it already is), so that a gradient arriving in
+    any layout meets the mask its forward used."""
+    x = x.contiguous(memory_format=memory_format)
+    out = _common.empty(x.shape, like=x, memory_format=memory_format)
+    numel = x.numel()
+    if numel == 0:
+        return out
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+
+    def grid(meta):
+        return (triton.cdiv(numel, meta["BLOCK"]),)
+
+    wrap_triton(_dropout_kernel)[grid](x, out, seed, numel, p, scale, ACC_DTYPE=_common.accumulator_dtype(x.dtype))
+    return out

@@ -1,0 +1,117 @@
+"""at.dropout and at.nn.Dropout: F.dropout semantics, a mask regenerated from a seed, no mask stored."""
+
+import pytest
+import torch
+from helpers import saved_tensors
+
+import alexnet_triton as at
+
+
+def scale(p: float, dtype=torch.float32) -> torch.Tensor:
+    """1 / (1 - p) rounded to fp32, the factor kept values are multiplied by (as in PyTorch)."""
+    return torch.tensor(1.0 / (1.0 - p), dtype=torch.float32).to(dtype)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.1, 0.9])
+def test_dropped_fraction_and_kept_values(p, device):
+    n = 1 << 20
+    x = torch.randn(n, device=device)
+    out = at.dropout(x, p)
+    dropped = (out == 0).double().mean().item()
+    standard_error = (p * (1 - p) / n) ** 0.5
+    assert abs(dropped - p) < 5 * standard_error, f"dropped {dropped:.5f}, expected {p} +- {standard_error:.1e}"
+    kept = out != 0
+    assert torch.equal(out[kept], x[kept] * scale(p)), "kept values must be exactly x / (1 - p) in fp32"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_uses_the_forward_mask(dtype, device):
+    x = torch.randn(3, 1000, device=device, dtype=dtype, requires_grad=True)
+    out = at.dropout(x, 0.4, seed=7)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    kept = out != 0
+    assert torch.equal(x.grad != 0, kept)
+    if dtype == torch.float32:
+        assert torch.equal(x.grad[kept], grad[kept] * scale(0.4))
+    else:  # 1 / (1 - p) reaches a compiled kernel as an fp32 argument: fp64 is exact to fp32 rounding
+        torch.testing.assert_close(x.grad[kept], grad[kept] / 0.6, rtol=1e-7, atol=0)
+
+
+def test_gradient_from_sum_backward_and_channels_last(device):
+    x = torch.randn(4, 8, 5, 5, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    out = at.dropout(x, 0.5, seed=3)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    out.sum().backward()  # an expanded, all-zero-stride gradient
+    assert torch.equal(x.grad, (out != 0).float() * 2.0)
+
+
+def test_non_contiguous_input(device):
+    x = torch.randn(64, 48, device=device).t()
+    out = at.dropout(x, 0.25, seed=11)
+    kept = out != 0
+    assert torch.equal(out[kept], x[kept] * scale(0.25))
+    assert 0.15 < 1 - kept.float().mean().item() < 0.35
+
+
+def test_same_seed_same_mask_other_seed_other_mask(device):
+    x = torch.randn(10_000, device=device)
+    first, again = at.dropout(x, 0.5, seed=1234), at.dropout(x, 0.5, seed=1234)
+    other = at.dropout(x, 0.5, seed=1235)
+    assert torch.equal(first, again)
+    assert not torch.equal(first != 0, other != 0)
+
+
+def test_torch_manual_seed_reproduces_and_calls_differ(device):
+    x = torch.randn(10_000, device=device)
+    torch.manual_seed(2012)
+    first, second = at.dropout(x, 0.5), at.dropout(x, 0.5)
+    torch.manual_seed(2012)
+    assert torch.equal(at.dropout(x, 0.5), first)
+    assert not torch.equal(first != 0, second != 0), "two calls in a row must draw different masks"
+
+
+def test_p_zero_p_one_and_eval(device):
+    x = torch.randn(100, device=device)
+    assert torch.equal(at.dropout(x, 0.0), x)
+    assert torch.equal(at.dropout(x, 1.0), torch.zeros_like(x))
+    assert at.dropout(x, 0.5, training=False) is x
+
+
+def test_gradcheck_tiny_float64(device):
+    x = torch.randn(4, 5, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: at.dropout(t, 0.5, seed=99), (x,))
+
+
+def test_no_mask_is_stored(device):
+    x = torch.randn(128, 4096, device=device, requires_grad=True)
+    out, saved = saved_tensors(lambda: at.dropout(x, 0.5))
+    assert [(t.numel(), t.dtype) for t in saved] == [(1, torch.int64)], "only the seed may be kept"
+
+
+def test_module_is_a_drop_in(device):
+    ours = at.nn.Dropout(0.3)
+    assert isinstance(ours, torch.nn.Dropout) and repr(ours) == repr(torch.nn.Dropout(0.3))
+    x = torch.randn(1000, device=device)
+    assert 0.2 < (ours(x) == 0).float().mean().item() < 0.4
+    assert ours.eval()(x) is x
+    with pytest.raises(ValueError, match="inplace"):
+        at.nn.Dropout(0.5, inplace=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"p": -0.1}, ValueError, r"p must be a probability in \[0, 1\]"),
+        ({"p": 1.5}, ValueError, r"p must be a probability in \[0, 1\]"),
+        ({"p": "half"}, TypeError, "p must be a number"),
+        ({"training": "yes"}, TypeError, "training must be a bool"),
+        ({"seed": -1}, ValueError, "seed must be None or an int"),
+        ({"seed": 1.5}, ValueError, "seed must be None or an int"),
+        ({"input": torch.ones(3, dtype=torch.int64)}, TypeError, "input must have a floating dtype"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, error, match):
+    args = {"input": torch.randn(10), "p": 0.5} | kwargs
+    with pytest.raises(error, match=match):
+        at.dropout(**args)

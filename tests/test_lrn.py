@@ -1,0 +1,107 @@
+"""at.local_response_norm and at.nn.LocalResponseNorm against float64 F.local_response_norm."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TOLERANCE, check_input_gradient, every_other, saved_tensors
+
+import alexnet_triton as at
+
+PAPER = {"size": 5, "alpha": 5e-4, "beta": 0.75, "k": 2.0}  # the 2012 paper's k=2, n=5, alpha=1e-4, beta=0.75
+# A strong normalization, so that the cross-channel term of the gradient is far above rounding.
+STRONG = {"size": 5, "alpha": 2.0, "beta": 0.75, "k": 1.0}
+
+
+def check_lrn(x, size, alpha, beta, k, tol, **kwargs):
+    return check_input_gradient(
+        lambda t: at.local_response_norm(t, size, alpha, beta, k),
+        lambda t: F.local_response_norm(t, size, alpha, beta, k),
+        x,
+        tol,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("channels, size", [(96, 27), (256, 13)], ids=["after-conv1", "after-conv2"])
+@pytest.mark.parametrize("params", [PAPER, STRONG], ids=["paper", "strong"])
+def test_alexnet_configurations(channels, size, params, precision, device):
+    dtype, tol_key = precision
+    # Spatial size cut from AlexNet's (55, 27) to keep the interpreter quick; channels as in the paper.
+    x = torch.randn(2, channels, size // 3, size // 3, device=device, dtype=dtype)
+    check_lrn(x, **params, tol=TOLERANCE[tol_key])
+
+
+@pytest.mark.parametrize(
+    "shape, size",
+    [
+        ((2, 7, 5, 6), 4),  # even window: one more channel before than after
+        ((1, 9, 3, 5), 2),
+        ((2, 5, 3, 3), 8),  # window wider than the channel count
+        ((3, 6, 4, 7), 1),
+        ((1, 1, 5, 5), 5),  # one channel
+        ((2, 11, 7), 3),  # (N, C, L)
+        ((2, 6, 3, 4, 5), 3),  # (N, C, D, H, W)
+    ],
+)
+def test_odd_shapes_and_window_sizes(shape, size, device):
+    x = torch.randn(*shape, device=device)
+    check_lrn(x, size, 1.5, 0.6, 0.5, TOLERANCE[torch.float32])
+
+
+def test_channels_last_in_and_out(device):
+    x = torch.randn(2, 12, 5, 7, device=device).to(memory_format=torch.channels_last)
+    out, grad = check_lrn(x, **STRONG, tol=TOLERANCE[torch.float32])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_non_contiguous_input_and_gradient(device):
+    x = torch.randn(2, 6, 9, 16, device=device).permute(0, 2, 1, 3)[..., ::2]  # (2, 9, 6, 8), strided
+    assert not x.is_contiguous()
+    check_lrn(x, **STRONG, tol=TOLERANCE[torch.float32], grad_view=every_other)
+
+
+def test_gradient_from_sum_backward(device):
+    # out.sum().backward() sends an expanded gradient: every stride 0.
+    x = torch.randn(2, 8, 4, 4, device=device, requires_grad=True)
+    at.local_response_norm(x, **STRONG).sum().backward()
+    x64 = x.detach().double().requires_grad_()
+    F.local_response_norm(x64, **STRONG).sum().backward()
+    torch.testing.assert_close(x.grad, x64.grad.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_gradcheck_tiny_float64(device):
+    x = torch.randn(1, 6, 2, 3, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: at.local_response_norm(t, 3, 1.0, 0.75, 1.0), (x,))
+
+
+def test_only_the_input_is_saved_for_backward(device):
+    x = torch.randn(2, 8, 5, 5, device=device, requires_grad=True)
+    out, saved = saved_tensors(lambda: at.local_response_norm(x, **PAPER))
+    assert len(saved) == 1 and saved[0] is x
+
+
+def test_module_is_a_drop_in(device):
+    theirs = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+    ours = at.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+    assert isinstance(ours, torch.nn.LocalResponseNorm) and repr(ours) == repr(theirs)
+    x = torch.randn(2, 16, 4, 4, device=device)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"size": 0}, ValueError, "size must be a positive int"),
+        ({"size": 2.5}, ValueError, "size must be a positive int"),
+        ({"alpha": "big"}, TypeError, "alpha must be a number"),
+        ({"beta": None}, TypeError, "beta must be a number"),
+        ({"input": torch.randn(4, 5)}, ValueError, "input must be at least 3-D"),
+        ({"input": torch.ones(2, 3, 4, dtype=torch.int32)}, TypeError, "input must have a floating dtype"),
+        ({"input": torch.randn(2, 0, 4, 4)}, ValueError, "input must have channels and pixels"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, error, match):
+    args = {"input": torch.randn(2, 3, 4, 4), "size": 3, "alpha": 1e-4, "beta": 0.75, "k": 1.0} | kwargs
+    with pytest.raises(error, match=match):
+        at.local_response_norm(**args)
