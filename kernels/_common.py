@@ -4,7 +4,6 @@ import os
 
 import torch
 import triton
-import triton.language as tl
 
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when this package is imported,
 # so the flag is read once here and stays true to what the kernels actually are.
@@ -24,17 +23,13 @@ def configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton
     return [interpreter] if INTERPRET else gpu
 
 
-def accumulator_dtype(dtype: torch.dtype) -> tl.dtype:
-    """fp16/bf16/fp32 accumulate in fp32; float64 stays float64."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def use_tf32(dtype: torch.dtype) -> bool:
+    """Whether tl.dot may round fp32 operands to TF32: when PyTorch allows it for cuDNN convolutions,
+    so a fused conv rounds like the F.conv2d it replaces. Other dtypes never do.
 
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision for fp32 operands: TF32 when PyTorch allows it for cuDNN convolutions,
-    so a fused conv rounds like the F.conv2d it replaces. Other dtypes ignore it; float64 is exact."""
-    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
-        return "tf32"
-    return "ieee"
+    Kernels take this as a bool and derive their accumulator dtype from their pointers (fp32, or fp64
+    for fp64), so no tl.dtype or string travels as a launch argument through torch.compile."""
+    return dtype == torch.float32 and torch.backends.cudnn.allow_tf32
 
 
 def empty(shape, *, like: torch.Tensor, dtype: torch.dtype | None = None, memory_format=None) -> torch.Tensor:

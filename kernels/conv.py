@@ -68,9 +68,10 @@ def _conv_fwd_kernel(
     sw_o, sw_i, sw_h, sw_w,
     so_n, so_c, so_h, so_w,
     # meta-parameters
-    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     # Neighbouring programs share a pixel tile and differ in output channels, so the input tile
     # they all read is fetched from DRAM once and then served from L2.
     pid = tl.program_id(0)
@@ -112,7 +113,7 @@ def _conv_fwd_kernel(
             mask=mask_k[:, None] & mask_n[None, :],
             other=0.0,
         )
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a, b, acc, input_precision="tf32" if TF32 else "ieee")
 
     # Epilogue on the fp32 accumulator: bias, then ReLU. `acc < 0` is false for NaN, so NaN
     # propagates as in F.relu.
@@ -143,9 +144,10 @@ def _conv_dgrad_kernel(
     sw_o, sw_i, sw_h, sw_w,
     sd_n, sd_c, sd_h, sd_w,
     # meta-parameters
-    ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    ACC_DTYPE: tl.constexpr = tl.float64 if grad_ptr.dtype.element_ty == tl.float64 else tl.float32
     # Gather form: each input pixel sums over the (kh, kw, co) that read it, so every dx element is
     # written once, without atomics. With stride s only 1/s^2 of the (kh, kw) pairs hit an output
     # pixel; the others are masked. That waste matters only for conv1 (stride 4), whose input
@@ -194,7 +196,7 @@ def _conv_dgrad_kernel(
             mask=mask_k[:, None] & mask_n[None, :],
             other=0.0,
         )
-        acc = tl.dot(dy, w, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(dy, w, acc, input_precision="tf32" if TF32 else "ieee")
 
     dx_ptrs = dx_ptr + (n * sd_n + ih * sd_h + iw * sd_w)[:, None] + (ci.to(tl.int64) * sd_c)[None, :]
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -216,9 +218,10 @@ def _conv_wgrad_kernel(
     sp_s, sp_o, sp_i, sp_h, sp_w,
     sb_s, sb_o,
     # meta-parameters
-    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     pid = tl.program_id(0)
     num_n_tiles = tl.cdiv(GEMM_N, BLOCK_N)
     pid_m = pid // num_n_tiles
@@ -263,7 +266,7 @@ def _conv_wgrad_kernel(
             mask=mask_p[:, None] & mask_n[None, :] & in_image,
             other=0.0,
         )
-        acc = tl.dot(dy, x, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(dy, x, acc, input_precision="tf32" if TF32 else "ieee")
         if HAS_BIAS:
             if bias_here:
                 db_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
@@ -317,8 +320,7 @@ def conv_relu_forward(
         stride[0], stride[1], padding[0], padding[1],
         *x.stride(), *weight.stride(), *out.stride(),
         HAS_BIAS=bias is not None,
-        ACC_DTYPE=_common.accumulator_dtype(x.dtype),
-        DOT_PRECISION=_common.dot_precision(x.dtype),
+        TF32=_common.use_tf32(x.dtype),
     )
     return out
 
@@ -351,8 +353,7 @@ def conv_relu_input_grad(
         gemm_m, C_in_g, gemm_k, C_out_g, H, W, OH, OW, KW,
         stride[0], stride[1], padding[0], padding[1],
         *grad_out.stride(), *out.stride(), *weight.stride(), *dx.stride(),
-        ACC_DTYPE=_common.accumulator_dtype(grad_out.dtype),
-        DOT_PRECISION=_common.dot_precision(grad_out.dtype),
+        TF32=_common.use_tf32(grad_out.dtype),
     )
     return dx
 
@@ -398,8 +399,7 @@ def conv_relu_weight_grad(
         stride[0], stride[1], padding[0], padding[1],
         *grad_out.stride(), *out.stride(), *x.stride(), *dw_part.stride(), db_part.stride(0), db_part.stride(1),
         HAS_BIAS=with_bias,
-        ACC_DTYPE=_common.accumulator_dtype(x.dtype),
-        DOT_PRECISION=_common.dot_precision(x.dtype),
+        TF32=_common.use_tf32(x.dtype),
     )
     dw = dw_part.sum(0).to(x.dtype)
     db = db_part.sum(0).to(x.dtype) if with_bias else None

@@ -49,8 +49,9 @@ def _dropout_kernel(
     # dropout parameters: scale = 1 / (1 - p), or 0 when p = 1
     p, scale,
     # meta-parameters
-    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
+    ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     seed = tl.load(seed_ptr)
@@ -80,5 +81,5 @@ def dropout(x: torch.Tensor, seed: torch.Tensor, p: float, memory_format: torch.
     def grid(meta):
         return (triton.cdiv(numel, meta["BLOCK"]),)
 
-    wrap_triton(_dropout_kernel)[grid](x, out, seed, numel, p, scale, ACC_DTYPE=_common.accumulator_dtype(x.dtype))
+    wrap_triton(_dropout_kernel)[grid](x, out, seed, numel, p, scale)
     return out

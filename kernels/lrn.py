@@ -78,8 +78,9 @@ def _lrn_fwd_kernel(
     # LRN parameters
     alpha_over_size, beta, k,
     # meta-parameters
-    SIZE: tl.constexpr, SIZE_P2: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_S: tl.constexpr,
+    SIZE: tl.constexpr, SIZE_P2: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
+    ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     HI: tl.constexpr = (SIZE - 1) // 2
     n = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -116,8 +117,9 @@ def _lrn_bwd_kernel(
     # LRN parameters
     alpha_over_size, beta, k, two_alpha_beta_over_size,
     # meta-parameters
-    SIZE: tl.constexpr, SIZE_P2: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_S: tl.constexpr,
+    SIZE: tl.constexpr, SIZE_P2: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
+    ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     HI: tl.constexpr = (SIZE - 1) // 2
     n = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -161,12 +163,8 @@ def _lrn_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _size_meta(size: int, dtype: torch.dtype) -> dict:
-    return {
-        "SIZE": size,
-        "SIZE_P2": triton.next_power_of_2(size),
-        "ACC_DTYPE": _common.accumulator_dtype(dtype),
-    }
+def _size_meta(size: int) -> dict:
+    return {"SIZE": size, "SIZE_P2": triton.next_power_of_2(size)}
 
 
 def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
@@ -184,7 +182,7 @@ def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float)
         C, H * W, W,
         *x.stride(), *out.stride(),
         alpha / size, beta, k,
-        **_size_meta(size, x.dtype),
+        **_size_meta(size),
     )
     return out
 
@@ -206,6 +204,6 @@ def lrn_backward(
         C, H * W, W,
         *x.stride(), *grad_out.stride(), *dx.stride(),
         alpha / size, beta, k, 2.0 * alpha * beta / size,
-        **_size_meta(size, x.dtype),
+        **_size_meta(size),
     )
     return dx

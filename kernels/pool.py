@@ -123,8 +123,9 @@ def _max_pool_bwd_kernel(
     sd_n, sd_c, sd_h, sd_w,
     # meta-parameters: the window
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    ACC_DTYPE: tl.constexpr = tl.float64 if grad_ptr.dtype.element_ty == tl.float64 else tl.float32
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < TOTAL
     n, c, ih, iw = _unflatten(offs, C, H, W, CHANNELS_LAST)
@@ -219,7 +220,6 @@ def max_pool_backward(
         grad_out, pos, dx,
         total, C, H, W, OH, OW,
         *grad_out.stride(), *pos.stride(), *dx.stride(),
-        ACC_DTYPE=_common.accumulator_dtype(grad_out.dtype),
         **_window_meta(kernel, stride, padding, memory_format == torch.channels_last),
     )
     return dx
