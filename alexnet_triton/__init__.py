@@ -8,8 +8,10 @@ at.backend(x.device)                                        # "triton" | "triton
 
 from alexnet_triton import functional, nn, reference
 from alexnet_triton.functional import backend, conv2d_relu, dropout, local_response_norm, max_pool2d
+from alexnet_triton.model import AlexNet
 
 __all__ = [
+    "AlexNet",
     "backend",
     "conv2d_relu",
     "dropout",

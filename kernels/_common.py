@@ -4,6 +4,7 @@ import os
 
 import torch
 import triton
+from torch.library import wrap_triton
 
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when this package is imported,
 # so the flag is read once here and stays true to what the kernels actually are.
@@ -13,14 +14,28 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "tr
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton.Config]:
-    """The autotuning space: the GPU list on a GPU, one large tile under the interpreter.
+def tuned(gpu_configs: list[triton.Config], key: list[str], interpreter_blocks):
+    """Decorator choosing a kernel's block sizes: autotuned over gpu_configs on a GPU; under the
+    interpreter, interpreter_blocks(args) -> {name: value}, computed from the launch's sizes.
 
     The interpreter runs one program instance at a time in numpy, so its cost is the number of
-    program instances times the ops each executes: few, large tiles are fastest there, and a
-    single config means the autotuner never benchmarks.
-    """
-    return [interpreter] if INTERPRET else gpu
+    program instances times the ops each runs, and tiles that match the problem (a batch-2 fully
+    connected layer has 2 rows, not 128) save most of it. Nothing is benchmarked there."""
+    if not INTERPRET:
+        return triton.autotune(configs=gpu_configs, key=key)
+    names = list(gpu_configs[0].kwargs)
+    return triton.heuristics({name: (lambda args, name=name: interpreter_blocks(args)[name]) for name in names})
+
+
+def launcher(kernel):
+    """kernel[grid](...) through torch.library.wrap_triton, so torch.compile can trace the launch; the
+    interpreter's kernels (never compiled, and not Autotuner objects) launch directly."""
+    return kernel if INTERPRET else wrap_triton(kernel)
+
+
+def block(size: int, low: int, high: int) -> int:
+    """The power of two covering size, clamped to [low, high]."""
+    return max(low, min(high, triton.next_power_of_2(max(int(size), 1))))
 
 
 def use_tf32(dtype: torch.dtype) -> bool:

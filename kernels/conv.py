@@ -17,7 +17,6 @@ tensor is addressed through its strides, so NCHW, channels_last and non-contiguo
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import _common
 
@@ -38,8 +37,17 @@ _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=5),
 ]
 # Under the interpreter: one config, tiles big enough that the small test shapes need few programs.
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128})
-_CONFIGS = _common.configs(_GPU_CONFIGS, _INTERPRETER_CONFIG)
+_KEY = ["GEMM_M", "GEMM_N", "GEMM_K"]
+
+
+def _interpreter_blocks(args: dict) -> dict:
+    """Tiles that fit the GEMM (tl.dot needs 16 at least), operand tiles of up to 256k elements: each
+    interpreted op costs about as much as numpy work on 50k elements, so fewer, larger tiles win."""
+    block_m = _common.block(args["GEMM_M"], 16, 512)
+    block_n = _common.block(args["GEMM_N"], 16, 512)
+    block_k = _common.block(args.get("PIXELS_PER_SPLIT", args["GEMM_K"]), 16, 2**18 // max(block_m, block_n))
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
+
 
 # The weight gradient reduces over every output pixel of the batch (N*OH*OW, e.g. 387k for conv1 at
 # batch 128) into a small output (C_out x C_in*KH*KW), so it is split along the pixels into at most
@@ -54,7 +62,7 @@ _MIN_PIXELS_PER_SPLIT = 2048
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_CONFIGS, key=["GEMM_M", "GEMM_N", "GEMM_K"])
+@_common.tuned(_GPU_CONFIGS, _KEY, _interpreter_blocks)
 @triton.jit
 def _conv_fwd_kernel(
     # pointers
@@ -129,7 +137,7 @@ def _conv_fwd_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.autotune(configs=_CONFIGS, key=["GEMM_M", "GEMM_N", "GEMM_K"])
+@_common.tuned(_GPU_CONFIGS, _KEY, _interpreter_blocks)
 @triton.jit
 def _conv_dgrad_kernel(
     # pointers
@@ -202,7 +210,7 @@ def _conv_dgrad_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.autotune(configs=_CONFIGS, key=["GEMM_M", "GEMM_N", "GEMM_K", "PIXELS_PER_SPLIT"])
+@_common.tuned(_GPU_CONFIGS, [*_KEY, "PIXELS_PER_SPLIT"], _interpreter_blocks)
 @triton.jit
 def _conv_wgrad_kernel(
     # pointers: dw_part is [splits, C_out, Cin_g, KH, KW] and db_part is [splits, C_out], both in ACC_DTYPE
@@ -314,7 +322,7 @@ def conv_relu_forward(
     def grid(meta):
         return (triton.cdiv(gemm_m, meta["BLOCK_M"]) * triton.cdiv(C_out_g, meta["BLOCK_N"]), groups)
 
-    wrap_triton(_conv_fwd_kernel)[grid](
+    _common.launcher(_conv_fwd_kernel)[grid](
         x, weight, bias if bias is not None else weight, out,
         gemm_m, C_out_g, gemm_k, C_in_g, H, W, OH, OW, KW,
         stride[0], stride[1], padding[0], padding[1],
@@ -348,7 +356,7 @@ def conv_relu_input_grad(
     def grid(meta):
         return (triton.cdiv(gemm_m, meta["BLOCK_M"]) * triton.cdiv(C_in_g, meta["BLOCK_N"]), groups)
 
-    wrap_triton(_conv_dgrad_kernel)[grid](
+    _common.launcher(_conv_dgrad_kernel)[grid](
         grad_out, out, weight, dx,
         gemm_m, C_in_g, gemm_k, C_out_g, H, W, OH, OW, KW,
         stride[0], stride[1], padding[0], padding[1],
@@ -393,7 +401,7 @@ def conv_relu_weight_grad(
     def grid(meta):
         return (triton.cdiv(C_out_g, meta["BLOCK_M"]) * triton.cdiv(gemm_n, meta["BLOCK_N"]), splits, groups)
 
-    wrap_triton(_conv_wgrad_kernel)[grid](
+    _common.launcher(_conv_wgrad_kernel)[grid](
         grad_out, out, x, dw_part, db_part,
         C_out_g, gemm_n, gemm_k, pixels_per_split, C_in_g, H, W, OH, OW, KW,
         stride[0], stride[1], padding[0], padding[1],

@@ -12,7 +12,6 @@ mask per shape and layout.
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import _common
 
@@ -27,8 +26,11 @@ _GPU_CONFIGS = [
     triton.Config({"BLOCK": 2048}, num_warps=8),
     triton.Config({"BLOCK": 4096}, num_warps=8),
 ]
-_INTERPRETER_CONFIG = triton.Config({"BLOCK": 65536})
-_CONFIGS = _common.configs(_GPU_CONFIGS, _INTERPRETER_CONFIG)
+
+
+def _interpreter_blocks(args: dict) -> dict:
+    return {"BLOCK": _common.block(args["numel"], 16, 65536)}
+
 
 # Philox counters here are 32-bit element positions.
 MAX_ELEMENTS = 2**31 - 1
@@ -39,7 +41,7 @@ MAX_ELEMENTS = 2**31 - 1
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_CONFIGS, key=["numel"])
+@_common.tuned(_GPU_CONFIGS, ["numel"], _interpreter_blocks)
 @triton.jit
 def _dropout_kernel(
     # pointers: seed_ptr holds one int64
@@ -81,5 +83,5 @@ def dropout(x: torch.Tensor, seed: torch.Tensor, p: float, memory_format: torch.
     def grid(meta):
         return (triton.cdiv(numel, meta["BLOCK"]),)
 
-    wrap_triton(_dropout_kernel)[grid](x, out, seed, numel, p, scale)
+    _common.launcher(_dropout_kernel)[grid](x, out, seed, numel, p, scale)
     return out

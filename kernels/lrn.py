@@ -5,7 +5,7 @@ PyTorch's definition (alpha divided by the window size, zero padding at the chan
     scale[c] = k + alpha / size * sum_{j = c - lo .. c + hi} x[j]^2        lo = size // 2, hi = (size - 1) // 2
     out[c]   = x[c] * scale[c] ^ -beta
 
-Each program owns a block of pixels of one image and walks the channels in order. The squares of the
+Each program owns a block of pixels (of any images) and walks the channels in order. The squares of the
 last `size` channels live in a ring of registers, so the window sum is exact (a ring, not a running
 sum with subtraction, which would drift) and every input element is read from memory once.
 
@@ -21,7 +21,6 @@ PyTorch's composite LRN keeps about five temporaries of the input's size.
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import _common
 
@@ -30,17 +29,20 @@ from . import _common
 # ---------------------------------------------------------------------------------------------
 
 # Pixels per program. Each program loops over all channels, so a block must be small enough to give
-# every SM a few programs at AlexNet's sizes (27x27 maps: 729 pixels per image) and large enough
-# to keep loads wide. Not yet measured on a GPU for this project.
+# every SM a few programs (AlexNet at batch 128: 93k pixels after conv1, 21.6k after conv2) and large
+# enough to keep loads wide. Not yet measured on a GPU for this project.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_S": 64}, num_warps=2),
     triton.Config({"BLOCK_S": 128}, num_warps=4),
     triton.Config({"BLOCK_S": 256}, num_warps=4),
     triton.Config({"BLOCK_S": 512}, num_warps=8),
 ]
-# Under the interpreter: a block that covers a test image in one program.
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_S": 1024})
-_CONFIGS = _common.configs(_GPU_CONFIGS, _INTERPRETER_CONFIG)
+
+
+def _interpreter_blocks(args: dict) -> dict:
+    """Under the interpreter: up to 4096 pixels per program, few programs."""
+    return {"BLOCK_S": _common.block(args["P"], 16, 4096)}
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,13 +67,13 @@ def _pow_neg(base, beta):
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_CONFIGS, key=["C", "S", "SIZE"])
+@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE"], _interpreter_blocks)
 @triton.jit
 def _lrn_fwd_kernel(
     # pointers
     x_ptr, out_ptr,
-    # sizes: C channels, S = H*W pixels per image
-    C, S, W,
+    # sizes: C channels, P = N*H*W pixels in all
+    C, P, H, W,
     # strides
     sx_n, sx_c, sx_h, sx_w,
     so_n, so_c, so_h, so_w,
@@ -82,11 +84,11 @@ def _lrn_fwd_kernel(
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     HI: tl.constexpr = (SIZE - 1) // 2
-    n = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
-    mask = offs < S
-    h = offs // W
+    offs = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)  # pixels (n, h, w)
+    mask = offs < P
     w = offs % W
+    h = (offs // W) % H
+    n = offs // (W * H)
     x_pix = x_ptr + n * sx_n + h * sx_h + w * sx_w  # channel 0 of each pixel
     o_pix = out_ptr + n * so_n + h * so_h + w * so_w
     slots = tl.arange(0, SIZE_P2)
@@ -103,13 +105,13 @@ def _lrn_fwd_kernel(
         tl.store(o_pix + c * so_c, out.to(out_ptr.dtype.element_ty), mask=mask & (c >= 0))
 
 
-@triton.autotune(configs=_CONFIGS, key=["C", "S", "SIZE"])
+@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE"], _interpreter_blocks)
 @triton.jit
 def _lrn_bwd_kernel(
     # pointers
     x_ptr, grad_ptr, dx_ptr,
-    # sizes: C channels, S = H*W pixels per image
-    C, S, W,
+    # sizes: C channels, P = N*H*W pixels in all
+    C, P, H, W,
     # strides
     sx_n, sx_c, sx_h, sx_w,
     sg_n, sg_c, sg_h, sg_w,
@@ -121,11 +123,11 @@ def _lrn_bwd_kernel(
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     HI: tl.constexpr = (SIZE - 1) // 2
-    n = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
-    mask = offs < S
-    h = offs // W
+    offs = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)  # pixels (n, h, w)
+    mask = offs < P
     w = offs % W
+    h = (offs // W) % H
+    n = offs // (W * H)
     x_pix = x_ptr + n * sx_n + h * sx_h + w * sx_w
     g_pix = grad_ptr + n * sg_n + h * sg_h + w * sg_w
     d_pix = dx_ptr + n * sd_n + h * sd_h + w * sd_w
@@ -175,11 +177,11 @@ def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float)
         return out
 
     def grid(meta):
-        return (triton.cdiv(H * W, meta["BLOCK_S"]), N)
+        return (triton.cdiv(N * H * W, meta["BLOCK_S"]),)
 
-    wrap_triton(_lrn_fwd_kernel)[grid](
+    _common.launcher(_lrn_fwd_kernel)[grid](
         x, out,
-        C, H * W, W,
+        C, N * H * W, H, W,
         *x.stride(), *out.stride(),
         alpha / size, beta, k,
         **_size_meta(size),
@@ -197,11 +199,11 @@ def lrn_backward(
         return dx
 
     def grid(meta):
-        return (triton.cdiv(H * W, meta["BLOCK_S"]), N)
+        return (triton.cdiv(N * H * W, meta["BLOCK_S"]),)
 
-    wrap_triton(_lrn_bwd_kernel)[grid](
+    _common.launcher(_lrn_bwd_kernel)[grid](
         x, grad_out, dx,
-        C, H * W, W,
+        C, N * H * W, H, W,
         *x.stride(), *grad_out.stride(), *dx.stride(),
         alpha / size, beta, k, 2.0 * alpha * beta / size,
         **_size_meta(size),

@@ -20,7 +20,6 @@ so consecutive lanes touch consecutive addresses in both layouts.
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import _common
 
@@ -35,8 +34,11 @@ _GPU_CONFIGS = [
     triton.Config({"BLOCK": 512}, num_warps=4),
     triton.Config({"BLOCK": 1024}, num_warps=8),
 ]
-_INTERPRETER_CONFIG = triton.Config({"BLOCK": 4096})
-_CONFIGS = _common.configs(_GPU_CONFIGS, _INTERPRETER_CONFIG)
+
+
+def _interpreter_blocks(args: dict) -> dict:
+    return {"BLOCK": _common.block(args["TOTAL"], 16, 8192)}
+
 
 # A window position fits in one byte up to this many elements per window.
 _MAX_UINT8_WINDOW = 256
@@ -68,7 +70,7 @@ def _unflatten(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_CONFIGS, key=["TOTAL"])
+@_common.tuned(_GPU_CONFIGS, ["TOTAL"], _interpreter_blocks)
 @triton.jit
 def _max_pool_fwd_kernel(
     # pointers
@@ -110,7 +112,7 @@ def _max_pool_fwd_kernel(
     tl.store(pos_ptr + out_offs, best_pos.to(pos_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_CONFIGS, key=["TOTAL"])
+@_common.tuned(_GPU_CONFIGS, ["TOTAL"], _interpreter_blocks)
 @triton.jit
 def _max_pool_bwd_kernel(
     # pointers
@@ -187,7 +189,7 @@ def max_pool_forward(
     def grid(meta):
         return (triton.cdiv(total, meta["BLOCK"]),)
 
-    wrap_triton(_max_pool_fwd_kernel)[grid](
+    _common.launcher(_max_pool_fwd_kernel)[grid](
         x, out, pos,
         total, C, H, W, OH, OW,
         *x.stride(), *out.stride(),
@@ -216,7 +218,7 @@ def max_pool_backward(
     def grid(meta):
         return (triton.cdiv(total, meta["BLOCK"]),)
 
-    wrap_triton(_max_pool_bwd_kernel)[grid](
+    _common.launcher(_max_pool_bwd_kernel)[grid](
         grad_out, pos, dx,
         total, C, H, W, OH, OW,
         *grad_out.stride(), *pos.stride(), *dx.stride(),

@@ -1,0 +1,205 @@
+"""at.AlexNet: the paper's shapes and parameter count, towers against the grouped plain-PyTorch twin,
+placement, the exchange, and the ablation switches."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import TOLERANCE, assert_close, requires_cuda
+from torch import nn
+
+import alexnet_triton as at
+from alexnet_triton.model import ONE_TOWER_WIDTHS, feature_map_sizes
+from alexnet_triton.twin import GroupedAlexNet
+
+SMALL = 67  # the least image size whose maps survive to fc6 (pool5 is 1x1); keeps the interpreter quick
+
+
+def small_net(**kwargs) -> at.AlexNet:
+    return at.AlexNet(10, image_size=SMALL, **kwargs)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_paper_parameter_count_and_map_sizes():
+    model = at.AlexNet()
+    assert parameter_count(model) == 60_965_224
+    assert feature_map_sizes(227) == (27, 13, 6)
+    tower = model.towers[0]
+    assert tower.conv1.weight.shape == (48, 3, 11, 11)
+    assert tower.conv3.weight.shape == (192, 256, 3, 3), "conv3 reads both towers"
+    assert tower.conv4.weight.shape == (192, 192, 3, 3), "conv4 reads its own tower"
+    assert tower.fc6.weight.shape == (2048, 256, 6, 6)
+    assert tower.fc8.weight.shape == (500, 4096)
+
+
+def test_paper_initialization():
+    model = at.AlexNet(100)
+    for tower in model.towers:
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+            layer = getattr(tower, name)
+            assert abs(layer.weight.std().item() - 0.01) < 0.002, name
+            expected_bias = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+            assert torch.all(layer.bias == expected_bias), name
+
+
+def test_towers_equal_the_grouped_twin_forward_and_every_gradient(device):
+    model = small_net().to(device).eval()  # eval: dropout is the identity in both
+    twin = GroupedAlexNet.from_towers(model).double().eval()
+    images = torch.randn(2, 3, SMALL, SMALL, device=device)
+    assert_close(model(images), twin(images.double()), TOLERANCE[torch.float32], "fp32 logits")
+
+    # Gradients in float64 end to end: eight layers of fp32 rounding (and ReLUs whose input rounds to
+    # the other side of 0) would blur the comparison, while a wrong exchange, placement or a
+    # normalization that crosses towers is 1e-5 or more. 1e-6: LRN's alpha, beta and k reach a
+    # compiled GPU kernel as fp32 (about 1e-8 off).
+    model = model.double()
+    logits, logits_ref = model(images.double()), twin(images.double())
+    assert logits.shape == (2, 10)
+    grad = torch.randn_like(logits_ref)
+    logits.backward(grad)
+    logits_ref.backward(grad)
+    twin_layers = [m for m in [*twin.features, *twin.classifier] if isinstance(m, (nn.Conv2d, nn.Linear))]
+    names = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+    for name, twin_layer in zip(names, twin_layers, strict=True):
+        halves = [getattr(tower, name) for tower in model.towers]
+        grad_weight = torch.cat([h.weight.grad for h in halves]).reshape(twin_layer.weight.shape)
+        assert_close(grad_weight, twin_layer.weight.grad, 1e-6, f"{name} weight gradient")
+        assert_close(torch.cat([h.bias.grad for h in halves]), twin_layer.bias.grad, 1e-6, f"{name} bias gradient")
+
+
+def test_full_size_network_equals_twin_through_the_reference_backend():
+    # 227x227 is too slow for the interpreter; the same comparison through reference.py (fresh process).
+    script = """
+import torch, alexnet_triton as at
+from alexnet_triton.twin import GroupedAlexNet
+assert at.backend("cpu") == "torch"
+torch.manual_seed(0)
+model = at.AlexNet().eval()
+twin = GroupedAlexNet.from_towers(model).double().eval()
+images = torch.randn(2, 3, 227, 227)
+logits, ref = model(images), twin(images.double())
+assert logits.shape == (2, 1000)
+err = ((logits.double() - ref).norm() / ref.norm()).item()
+assert err < 1e-5, err
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+
+
+def test_two_cpu_towers_compute_what_one_device_does():
+    torch.manual_seed(1)
+    one = small_net().eval()
+    two = small_net(devices=("cpu", "cpu")).eval()
+    two.load_state_dict(one.state_dict())
+    images = torch.randn(1, 3, SMALL, SMALL)
+    torch.testing.assert_close(two(images), one(images), rtol=0, atol=0)
+
+
+def test_towers_are_separate_before_the_exchange():
+    model = small_net().train()
+    images = torch.randn(2, 3, SMALL, SMALL)
+    features = model.towers[1].layers_1_2(images)  # tower 1 before layer 3's exchange
+    features.square().sum().backward()
+    own, other = model.towers[1], model.towers[0]
+    assert own.conv1.weight.grad.abs().sum() > 0 and own.conv2.weight.grad.abs().sum() > 0
+    assert other.conv1.weight.grad is None and other.conv2.weight.grad is None
+
+
+def test_state_dict_is_the_same_for_every_placement():
+    keys = small_net().state_dict().keys()
+    assert small_net(devices=("cpu", "cpu")).state_dict().keys() == keys
+    assert "towers.0.conv1.weight" in keys and "towers.1.fc8.bias" in keys
+
+
+@pytest.mark.parametrize(
+    "switch, check",
+    [
+        ({"lrn": False}, lambda m: not any(isinstance(x, nn.LocalResponseNorm) for x in m.modules())),
+        (
+            {"overlapping_pool": False},
+            lambda m: all(p.kernel_size == 2 and p.stride == 2 for p in m.modules() if isinstance(p, nn.MaxPool2d)),
+        ),
+        ({"dropout": False}, lambda m: not any(isinstance(x, nn.Dropout) for x in m.modules())),
+        ({"towers": 1}, lambda m: len(m.towers) == 1 and m.towers[0].conv5.out_channels == ONE_TOWER_WIDTHS[4]),
+    ],
+    ids=["no-lrn", "non-overlapping-pool", "no-dropout", "one-tower"],
+)
+def test_each_ablation_changes_exactly_what_it_names(switch, check):
+    base, ablated = at.AlexNet(), at.AlexNet(**switch)
+    assert check(ablated)
+    kinds = (nn.LocalResponseNorm, nn.MaxPool2d, nn.Dropout, nn.Conv2d, nn.Linear)
+
+    def census(model):
+        return {kind.__name__: sum(isinstance(m, kind) for m in model.modules()) for kind in kinds}
+
+    before, after = census(base), census(ablated)
+    changed = {k for k in before if before[k] != after[k]}
+    expected = {"lrn": {"LocalResponseNorm"}, "dropout": {"Dropout"}}.get(next(iter(switch)), set())
+    if "towers" in switch:
+        expected = {"MaxPool2d", "LocalResponseNorm", "Dropout", "Conv2d", "Linear"}  # one tower's worth
+    assert changed == expected
+    if "overlapping_pool" in switch:  # same output sizes (section 3.4), so the same parameters
+        assert parameter_count(ablated) == parameter_count(base)
+
+
+def test_one_tower_net_runs_and_has_about_the_same_parameters():
+    model = at.AlexNet(towers=1)
+    # Section 3.2: conv5 and the fc layers keep their full size, so the counts stay close.
+    assert abs(parameter_count(model) - 60_965_224) / 60_965_224 < 0.05
+    logits = at.AlexNet(10, image_size=SMALL, towers=1).eval()(torch.randn(1, 3, SMALL, SMALL))
+    assert logits.shape == (1, 10) and torch.isfinite(logits).all()
+
+
+def test_odd_class_count_splits_between_towers():
+    model = at.AlexNet(7, image_size=SMALL)
+    assert [t.fc8.out_features for t in model.towers] == [4, 3]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"devices": ("cuda:0", "cuda:7")}, "does not exist"),
+        ({"devices": ("cpu",)}, "one device per tower"),
+        ({"devices": ("cpu", "gpu9")}, "is not a device"),
+        ({"towers": 3}, "towers must be 1 or 2"),
+        ({"image_size": 40}, "too small"),
+        ({"num_classes": 1}, "num_classes must be an int >= 2"),
+    ],
+)
+def test_bad_configuration_is_refused_clearly(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        at.AlexNet(**({"num_classes": 10, "image_size": SMALL} | kwargs))
+
+
+def test_wrong_image_size_is_refused():
+    with pytest.raises(ValueError, match="built for image_size=67"):
+        small_net()(torch.randn(1, 3, 99, 99))
+
+
+@requires_cuda
+def test_torch_compile_and_streams_match_eager():
+    torch.manual_seed(2)
+    model = at.AlexNet(10, image_size=SMALL).cuda().eval()
+    images = torch.randn(4, 3, SMALL, SMALL, device="cuda")
+    eager = model(images)
+    torch.testing.assert_close(torch.compile(model)(images), eager, rtol=2e-3, atol=2e-3)
+    model.tower_streams = True
+    torch.testing.assert_close(model(images), eager, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpu_placement_equals_one_gpu():
+    torch.manual_seed(3)
+    one = at.AlexNet(10, image_size=SMALL).cuda().eval()
+    two = at.AlexNet(10, image_size=SMALL, devices=("cuda:0", "cuda:1")).eval()
+    two.load_state_dict(one.state_dict())
+    images = torch.randn(4, 3, SMALL, SMALL, device="cuda:0")
+    torch.testing.assert_close(two(images), one(images))
+    assert two.towers[1].conv1.weight.device == torch.device("cuda:1")
