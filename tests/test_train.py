@@ -1,0 +1,234 @@
+"""The trainer (python -m alexnet_triton.train) and its data pipeline.
+
+The CLI runs in fresh processes through the reference backend (TRITON_INTERPRET unset, no GPU): what
+is tested here is the program (files, resume, errors, distributed data parallelism), not the kernels.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet_triton import data
+
+TINY = ["--train-size", "128", "--val-size", "40", "--batch-size", "32", "--image-size", "67"]
+
+
+def run_cli(*args: str, cwd, torchrun: int = 0) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"]
+    command = [*(launcher if torchrun else [sys.executable]), "-m", "alexnet_triton.train", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def step_losses(run_dir) -> dict[int, str]:
+    with open(os.path.join(run_dir, "steps.csv")) as file:
+        return {int(row["step"]): row["loss"] for row in csv.DictReader(file)}
+
+
+def final_parameters(run_dir) -> dict[str, torch.Tensor]:
+    return torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)["model"]
+
+
+def test_cli_trains_and_writes_its_files(tmp_path):
+    result = run_cli(*TINY, "--epochs", "3", "--output-dir", "runs", "--name", "tiny", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "tiny"
+    assert f"run directory: runs{os.sep}tiny" in result.stdout
+    for name in ("metrics.jsonl", "steps.csv", "curves.png", "conv1_filters.png", "last.pt", "best.pt"):
+        assert (run_dir / name).stat().st_size > 0, name
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"], "the training loss should fall"
+    assert all(0 <= row["val_top1_error"] <= 1 and row["val_top5_error"] <= row["val_top1_error"] for row in rows)
+    assert "best validation top-1 error" in result.stdout
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    common = [*TINY, "--epochs", "2", "--output-dir", "runs"]
+    whole = run_cli(*common, "--name", "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # Interrupted mid-way through the second epoch (4 steps per epoch), then resumed.
+    part = run_cli(*common, "--name", "part", "--max-steps", "6", cwd=tmp_path)
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert "continue with --resume" in part.stdout
+    assert sorted(step_losses(tmp_path / "runs" / "part")) == [1, 2, 3, 4, 5, 6]
+    resumed = run_cli("--resume", "runs/part", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    expected, got = step_losses(tmp_path / "runs" / "whole"), step_losses(tmp_path / "runs" / "part")
+    assert got == expected, "steps after the resume must repeat the uninterrupted run's losses"
+    for name, value in final_parameters(tmp_path / "runs" / "whole").items():
+        assert torch.equal(final_parameters(tmp_path / "runs" / "part")[name], value), name
+
+
+def write_image_folder(root, classes=("cat", "dog"), per_class=6, corrupt: str | None = None) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (60 + 7 * i, 90, 3), dtype=np.uint8)
+                pixels[..., label] = 255  # a colour cue per class
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    if corrupt:
+        (root / "train" / classes[0] / corrupt).write_bytes(b"not an image at all" * 10)
+
+
+def test_image_folder_with_an_unreadable_file(tmp_path):
+    write_image_folder(tmp_path / "images", corrupt="broken.jpg")
+    result = run_cli(
+        "--data", "images", "--image-size", "67", "--batch-size", "4", "--epochs", "1", "--name", "folder",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipping unreadable image" in result.stderr and "broken.jpg" in result.stderr
+    assert "2 classes" in result.stdout and "13 training" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("missing", "does not exist"),
+        ("no-classes", "has no class subfolders"),
+        ("no-images", "has class subfolders but no images"),
+    ],
+)
+def test_bad_data_folders_stop_with_a_clear_message(tmp_path, layout, message):
+    root = tmp_path / "images"
+    if layout == "no-classes":
+        (root / "train").mkdir(parents=True)
+        (root / "train" / "loose.jpg").write_bytes(b"")
+    elif layout == "no-images":
+        (root / "train" / "cat").mkdir(parents=True)
+    result = run_cli("--data", "images", "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in result.stderr and "images" in result.stderr
+
+
+def test_evaluate_ten_crop_and_refuse_bad_checkpoints(tmp_path):
+    trained = run_cli(*TINY, "--epochs", "1", "--name", "eval", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    best = os.path.join("runs", "eval", "best.pt")
+    for crops in ([], ["--ten-crop"]):
+        result = run_cli(*TINY, "--evaluate", best, *crops, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "top-1 error" in result.stdout and ("ten crops" in result.stdout) == bool(crops)
+
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
+    result = run_cli("--evaluate", "corrupt.pt", cwd=tmp_path)
+    assert result.returncode == 1 and "cannot be read" in result.stderr
+
+    write_image_folder(tmp_path / "images")
+    result = run_cli("--evaluate", best, "--data", "images", cwd=tmp_path)
+    assert result.returncode == 1 and "trained for 10 classes, but the data has 2" in result.stderr
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from alexnet_triton import checkpoint
+
+    path = tmp_path / "last.pt"
+    checkpoint.save({"model": {"w": torch.ones(3)}}, str(path))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save({"model": {"w": torch.zeros(3)}}, str(path))
+    assert torch.equal(checkpoint.load(str(path))["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file may be left behind"
+
+
+def test_two_processes_started_like_torchrun_equal_one_process(tmp_path):
+    # Dropout off, so the two runs draw nothing differently; 2 x 16 per step against 32 in one process.
+    common = ["--train-size", "64", "--val-size", "16", "--image-size", "67", "--epochs", "1", "--no-dropout"]
+    two = run_cli(*common, "--batch-size", "16", "--name", "two", cwd=tmp_path, torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "ranks agree" in two.stdout
+    one = run_cli(*common, "--batch-size", "32", "--name", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    parameters_two, parameters_one = (
+        final_parameters(tmp_path / "runs" / "two"),
+        final_parameters(tmp_path / "runs" / "one"),
+    )
+    for name, value in parameters_one.items():
+        torch.testing.assert_close(parameters_two[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---- the data pipeline, in process ------------------------------------------------------------------
+
+
+def test_pca_statistics_and_lighting_shift():
+    # Pixels with a known RGB covariance (in [0, 1] units) around a known mean.
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[0.20, 0.00, 0.00], [0.15, 0.05, 0.00], [0.10, 0.02, 0.03]])
+    pixels = torch.randn(200_000, 3, generator=generator) @ mixing.T
+    images = (pixels * 255 + torch.tensor([120.0, 110.0, 100.0])).T.reshape(3, 200, 1000)[None]
+    stats = data.rgb_statistics(images)
+    torch.testing.assert_close(stats["mean"], torch.tensor([120.0, 110.0, 100.0]), atol=0.5, rtol=0)
+    covariance = stats["eigenvectors"] @ torch.diag(stats["eigenvalues"]) @ stats["eigenvectors"].T
+    torch.testing.assert_close(covariance, mixing @ mixing.T, atol=2e-4, rtol=0)
+
+    # The shift eigvecs @ (alpha * eigvals), alpha ~ N(0, 0.1): its covariance is V diag(0.01 l^2) V^T.
+    flat = torch.zeros(3, 1, 1)
+    shifts = torch.stack(
+        [data.pca_lighting(flat, stats, torch.Generator().manual_seed(i)).flatten() / 255 for i in range(20_000)]
+    )
+    expected = stats["eigenvectors"] @ torch.diag(0.01 * stats["eigenvalues"] ** 2) @ stats["eigenvectors"].T
+    torch.testing.assert_close(torch.cov(shifts.T), expected, atol=3e-6, rtol=0.05)
+    assert shifts.mean(0).abs().max() < 3 * 0.1 * stats["eigenvalues"].max() / 20_000**0.5
+
+
+def test_ten_crops_shapes_and_softmax_averaging():
+    image = torch.arange(3 * 10 * 12, dtype=torch.float32).reshape(3, 10, 12)
+    stats = {"mean": torch.tensor([1.0, 2.0, 3.0]), "scale": torch.tensor([1.0, 0.5, 2.0])}
+    crops = data.ten_crops(image, 8, stats)
+    assert crops.shape == (10, 3, 8, 8)
+    corner = (image[:, :8, :8] - stats["mean"][:, None, None]) * stats["scale"][:, None, None]
+    assert torch.equal(crops[0], corner), "the first crop is the top-left corner"
+    assert torch.equal(crops[5], corner.flip(-1)), "crops 5-9 are the flips of crops 0-4"
+
+    from alexnet_triton import train
+
+    class Linear(torch.nn.Module):  # stands in for the network: logits from the crop's mean colour
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) @ torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, -0.5]]) / 50
+
+    dataset = [(crops, 1), (crops.flip(0), 0)]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    args = type("Args", (), {"amp": "none", "channels_last": False})()
+    runtime = train.Runtime(0, 1, torch.device("cpu"))
+    metrics = train.evaluate(Linear(), loader, args, runtime, ten_crop=True)
+    probabilities = Linear()(crops).softmax(-1).mean(0)
+    expected_loss = -(probabilities[1].log() + probabilities[0].log()) / 2
+    assert metrics["val_loss"] == pytest.approx(expected_loss.item(), rel=1e-5)
+
+
+def test_builtin_dataset_is_deterministic_and_balanced():
+    first, again = data.ShapesDataset("val", 40, 67, seed=3), data.ShapesDataset("val", 40, 67, seed=3)
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    assert first.images.shape == (40, 3, data.resize_size(67), data.resize_size(67))
+    assert torch.bincount(first.labels).tolist() == [4] * 10
+    train = data.ShapesDataset("train", 40, 67, seed=3)
+    assert not torch.equal(train.images, first.images), "held-out images must be new ones"
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index():
+    base = data.ShapesDataset("train", 4, 67, seed=0)
+    stats = data.estimate_statistics(base)
+    view = data.Augmented(base, 67, stats, seed=5)
+    view.set_epoch(2)
+    sample = view[3][0]
+    assert sample.shape == (3, 67, 67)
+    assert torch.equal(view[3][0], sample)
+    view.set_epoch(3)
+    assert not torch.equal(view[3][0], sample)
