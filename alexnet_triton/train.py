@@ -186,6 +186,9 @@ def loader(dataset: Dataset, sampler, args: argparse.Namespace, runtime: Runtime
         num_workers=workers,
         pin_memory=runtime.device.type == "cuda",
         drop_last=False,
+        # Its own generator: a loader draws a seed for its workers each epoch, and drawing it from the
+        # global one would shift the dropout seeds after a resume.
+        generator=torch.Generator().manual_seed(args.seed),
     )
 
 
