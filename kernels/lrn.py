@@ -51,6 +51,13 @@ def _interpreter_blocks(args: dict) -> dict:
 
 
 @triton.jit
+def _pixel_block(P, H, W, BLOCK_S: tl.constexpr):
+    """This program's block of the N*H*W pixels: (in range, n, h, w)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    return offs < P, offs // (W * H), (offs // W) % H, offs % W
+
+
+@triton.jit
 def _ring_push(ring, slots, slot, values):
     """Write values into row `slot` of a [slots, BLOCK_S] register ring."""
     return tl.where(slots[:, None] == slot, values[None, :], ring)
@@ -84,11 +91,7 @@ def _lrn_fwd_kernel(
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     HI: tl.constexpr = (SIZE - 1) // 2
-    offs = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)  # pixels (n, h, w)
-    mask = offs < P
-    w = offs % W
-    h = (offs // W) % H
-    n = offs // (W * H)
+    mask, n, h, w = _pixel_block(P, H, W, BLOCK_S)
     x_pix = x_ptr + n * sx_n + h * sx_h + w * sx_w  # channel 0 of each pixel
     o_pix = out_ptr + n * so_n + h * so_h + w * so_w
     slots = tl.arange(0, SIZE_P2)
@@ -123,11 +126,7 @@ def _lrn_bwd_kernel(
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     HI: tl.constexpr = (SIZE - 1) // 2
-    offs = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)  # pixels (n, h, w)
-    mask = offs < P
-    w = offs % W
-    h = (offs // W) % H
-    n = offs // (W * H)
+    mask, n, h, w = _pixel_block(P, H, W, BLOCK_S)
     x_pix = x_ptr + n * sx_n + h * sx_h + w * sx_w
     g_pix = grad_ptr + n * sg_n + h * sg_h + w * sg_w
     d_pix = dx_ptr + n * sd_n + h * sd_h + w * sd_w
