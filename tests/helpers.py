@@ -1,5 +1,7 @@
 """Comparison helpers: relative error against a float64 reference, and tolerances per precision."""
 
+import os
+
 import pytest
 import torch
 
@@ -75,3 +77,9 @@ def saved_tensors(fn):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = fn()
     return result, saved
+
+
+def reference_backend_env(**extra: str) -> dict[str, str]:
+    """Environment for a fresh process that runs the plain-PyTorch backend: no interpreter, no GPU."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    return env | {"CUDA_VISIBLE_DEVICES": ""} | extra

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import torch
+from helpers import reference_backend_env
 
 import alexnet_triton as at
 
@@ -37,7 +38,6 @@ torch.testing.assert_close(dropped[kept], out[kept] * 2)
 dropped.sum().backward()
 assert x.grad is not None
 """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
+    env = reference_backend_env()
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

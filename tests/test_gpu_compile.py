@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 from alexnet_triton.kernels import _common, conv, dropout, lrn, pool
+from helpers import reference_backend_env
 from triton.runtime.autotuner import Autotuner, Heuristics
 
 # An H100's limits, checked when a kernel is loaded; the autotuner drops a config over them (OutOfResources). That is
@@ -302,9 +303,8 @@ def compile_in_fresh_process(specs: list[KernelSpec], workdir) -> dict[str, list
         }
         for spec in specs
     ]
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     # A fresh cache, so every kernel is really compiled (and ptxas prints its log) on every run.
-    env.update(CUDA_VISIBLE_DEVICES="", TRITON_CACHE_DIR=str(workdir / "cache"), TRITON_DUMP_PTXAS_LOG="1")
+    env = reference_backend_env(TRITON_CACHE_DIR=str(workdir / "cache"), TRITON_DUMP_PTXAS_LOG="1")
     result = subprocess.run(
         [sys.executable, "-c", COMPILE_SCRIPT, str(workdir)],
         input=json.dumps(jobs),

@@ -1,13 +1,12 @@
 """at.AlexNet: the paper's shapes and parameter count, towers against the grouped plain-PyTorch twin,
 placement, the exchange, and the ablation switches."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import TOLERANCE, assert_close, requires_cuda
+from helpers import TOLERANCE, assert_close, reference_backend_env, requires_cuda
 from torch import nn
 
 import alexnet_triton as at
@@ -87,8 +86,7 @@ assert logits.shape == (2, 1000)
 err = ((logits.double() - ref).norm() / ref.norm()).item()
 assert err < 1e-5, err
 """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
+    env = reference_backend_env()
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
 
@@ -242,8 +240,7 @@ def test_data_parallel_across_two_processes(tmp_path):
     # keeps it quick; what is tested is the model's structure under DDP, not the kernels.
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
+    env = reference_backend_env()
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "init"), str(tmp_path / "grads")],
         env=env,

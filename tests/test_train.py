@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import reference_backend_env
 from PIL import Image
 
 from alexnet_triton import data
@@ -21,8 +22,7 @@ TINY = ["--train-size", "128", "--val-size", "40", "--batch-size", "32", "--imag
 
 
 def run_cli(*args: str, cwd, torchrun: int = 0) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
+    env = reference_backend_env()
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"]
     command = [*(launcher if torchrun else [sys.executable]), "-m", "alexnet_triton.train", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
