@@ -1,0 +1,260 @@
+"""Turn a benchmark JSON into a markdown report and a bar chart.
+
+    pytest bench/ --benchmark-only --benchmark-json=results.json
+    python -m bench.report results.json --out bench/results/h100-2026-11-22
+
+prints the report and, with --out, writes OUT.md and OUT.png. Speed-ups are time(theirs) / time(ours):
+above 1 means ours is faster.
+"""
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+IMPLEMENTATIONS = ("ours", "eager", "compile")
+OPS = ("conv2d_relu", "local_response_norm", "max_pool2d", "dropout")
+
+
+def load(path: Path) -> tuple[dict, dict]:
+    """The run's machine info, and its results keyed by row (op, layer, direction, dtype, format) and then
+    implementation."""
+    data = json.loads(path.read_text())
+    rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for result in data["benchmarks"]:
+        info = result["extra_info"]
+        if "median_s" not in info:  # a benchmark that failed before it was timed
+            continue
+        key = (info["kind"], info["op"], info["layer"], info["direction"], info["dtype"], info["memory_format"])
+        rows[key][info["implementation"]] = info
+    return data["machine_info"].get("alexnet_triton", {}), dict(rows)
+
+
+def speedup(results: dict[str, dict], other: str) -> float | None:
+    if "ours" not in results or other not in results:
+        return None
+    return results[other]["median_s"] / results["ours"]["median_s"]
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt_bytes(count: int | None) -> str:
+    if count is None:
+        return "—"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(count) >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def fmt_rate(per_second: float, unit: str) -> str:
+    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if per_second >= size:
+            return f"{per_second / size:.1f} {prefix}{unit}/s"
+    return f"{per_second:.0f} {unit}/s"
+
+
+def median(results: dict[str, dict], impl: str) -> float | None:
+    return results[impl]["median_s"] if impl in results else None
+
+
+def achieved(info: dict) -> str:
+    """TFLOP/s for what does arithmetic, GB/s for what moves memory."""
+    return fmt_rate(info["tflop_per_s"] * 1e12, "FLOP") if info["flops"] else fmt_rate(info["gb_per_s"] * 1e9, "B")
+
+
+def pair(results: dict[str, dict], field: str) -> str:
+    return " / ".join(fmt_bytes(results[impl][field]) if impl in results else "—" for impl in ("ours", "eager"))
+
+
+def header(machine: dict) -> list[str]:
+    peaks = machine.get("peaks") or {}
+    lines = [
+        f"Device: **{machine.get('device', '?')}** ({machine.get('backend', '?')}), {machine.get('date', '?')}. "
+        f"torch {machine.get('torch')}, triton {machine.get('triton')}, torchvision {machine.get('torchvision')}, "
+        f"CUDA {machine.get('cuda')}, cuDNN {machine.get('cudnn') or '—'}, TF32 in fp32 convolutions "
+        f"{'on' if machine.get('cudnn_allow_tf32') else 'off'}. Batch {machine.get('batch')}, "
+        f"{machine.get('image_size')}x{machine.get('image_size')} images.",
+        "",
+    ]
+    if peaks:
+        lines += [
+            f"Measured peaks: copy {fmt_rate(peaks['copy_bytes_per_s'], 'B')}; matrix product "
+            f"{fmt_rate(peaks['bfloat16_flop_per_s'], 'FLOP')} in bf16, "
+            f"{fmt_rate(peaks['float32_flop_per_s'], 'FLOP')} in fp32.",
+            "",
+        ]
+    if machine.get("caveat"):
+        lines += [f"> **{machine['caveat']}**", ""]
+    return lines
+
+
+def op_table(rows: dict[tuple, dict]) -> list[str]:
+    lines = [
+        "| op | layer | direction | dtype | format | ours | eager | compile | vs eager | vs compile "
+        "| ours achieved | of roofline | saved for backward (ours / eager) | peak memory (ours / eager) |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key in sorted((k for k in rows if k[0] == "op"), key=lambda k: (OPS.index(k[1]), *k[2:])):
+        _, op, layer, direction, dtype, memory_format = key
+        results = rows[key]
+        ours = results.get("ours")
+        times = " | ".join(fmt_time(median(results, impl)) for impl in IMPLEMENTATIONS)
+        rate, of_roofline = (achieved(ours), f"{ours['roofline_fraction']:.0%}") if ours else ("—", "—")
+        lines.append(
+            f"| {op} | {layer} | {direction} | {dtype} | {memory_format} | {times}"
+            f" | {fmt_ratio(speedup(results, 'eager'))} | {fmt_ratio(speedup(results, 'compile'))}"
+            f" | {rate} | {of_roofline} | {pair(results, 'saved_bytes')} | {pair(results, 'peak_memory_bytes')} |"
+        )
+    return lines
+
+
+def network_table(rows: dict[tuple, dict]) -> list[str]:
+    lines = [
+        "| mode | dtype | format | ours img/s | eager img/s | compile img/s | vs eager | vs compile "
+        "| bound img/s (bf16 peak) | ours of bound | peak memory (ours / eager / compile) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key in sorted(k for k in rows if k[0] == "network"):
+        _, _, _, mode, dtype, memory_format = key
+        results = rows[key]
+        rates = [f"{results[i]['images_per_s']:.1f}" if i in results else "—" for i in IMPLEMENTATIONS]
+        any_result = next(iter(results.values()))
+        of_bound = f"{results['ours']['fraction_of_bound']:.1%}" if "ours" in results else "—"
+        memory = " / ".join(
+            fmt_bytes(results[i]["peak_memory_bytes"]) if i in results else "—" for i in IMPLEMENTATIONS
+        )
+        lines.append(
+            f"| {mode} | {dtype} | {memory_format} | {' | '.join(rates)} | {fmt_ratio(speedup(results, 'eager'))} "
+            f"| {fmt_ratio(speedup(results, 'compile'))} | {any_result['images_per_s_bound']:.0f} "
+            f"| {of_bound} | {memory} |"
+        )
+    return lines
+
+
+def goals(rows: dict[tuple, dict]) -> list[str]:
+    """The project's goals, each judged from this run: met, missed, or not measured."""
+
+    def verdict(checks: list[bool]) -> str:
+        if not checks:
+            return "not measured"
+        return "met" if all(checks) else f"missed ({checks.count(False)} of {len(checks)} short)"
+
+    def select(op, direction=None, dtype=None, layers=None):
+        return [
+            results
+            for key, results in rows.items()
+            if key[1] == op
+            and (direction is None or key[3] == direction)
+            and (dtype is None or key[4] == dtype)
+            and (layers is None or key[2] in layers)
+        ]
+
+    def speedups(selected, other, at_least):
+        return [s >= at_least for s in (speedup(r, other) for r in selected) if s is not None]
+
+    def bandwidth(selected):
+        # Large maps only: a 1 MB tensor measures launch time, not bandwidth.
+        return [r["ours"]["roofline_fraction"] >= 0.8 for r in selected if "ours" in r and r["ours"]["bytes"] > 2**26]
+
+    lrn = select("local_response_norm", "forward+backward")
+    memory_bound = select("max_pool2d") + select("dropout")
+    convs = select("conv2d_relu", dtype="bfloat16", layers={"conv2", "conv3", "conv4", "conv5"})
+    training = select("alexnet", "training")
+    less_memory = [
+        r["ours"]["peak_memory_bytes"] < r[other]["peak_memory_bytes"]
+        for r in training
+        for other in ("eager", "compile")
+        if "ours" in r and other in r and r["ours"]["peak_memory_bytes"] is not None
+    ]
+    return [
+        "| goal | verdict |",
+        "| --- | --- |",
+        f"| LRN forward+backward at least 5x eager | {verdict(speedups(lrn, 'eager', 5.0))} |",
+        f"| LRN forward+backward faster than torch.compile | {verdict(speedups(lrn, 'compile', 1.0))} |",
+        f"| max-pool and dropout at 80% of copy bandwidth or more (maps over 64 MiB) "
+        f"| {verdict(bandwidth(memory_bound))} |",
+        f"| conv2d+ReLU bf16 at cuDNN's speed or better on conv2-conv5 | {verdict(speedups(convs, 'eager', 1.0))} |",
+        f"| training step faster than eager and torch.compile "
+        f"| {verdict(speedups(training, 'eager', 1.0) + speedups(training, 'compile', 1.0))} |",
+        f"| training step with less peak memory than eager and torch.compile | {verdict(less_memory)} |",
+    ]
+
+
+def report(machine: dict, rows: dict[tuple, dict]) -> str:
+    lines = ["# alexnet_triton benchmarks", "", *header(machine)]
+    if machine.get("caveat"):
+        lines += ["## Goals", "", "Not judged: the goals are about GPU speed, and this is not a GPU run.", ""]
+    else:
+        lines += ["## Goals", "", *goals(rows), ""]
+    lines += ["## The whole network", "", *network_table(rows), ""]
+    lines += ["## Each op at AlexNet's layer shapes (per tower)", "", *op_table(rows), ""]
+    lines += [
+        "Speed-ups are time(theirs) / time(ours). Roofline: the slower of the op's FLOPs at the measured "
+        "matrix-product rate and its unavoidable bytes at the measured copy bandwidth, over its time. "
+        "Saved for backward: what the autograd graph holds beyond the op's arguments and output. "
+        "Peak memory: the most one call adds to what was allocated before it.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart(machine: dict, rows: dict[tuple, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(rows, key=lambda k: (k[0] != "network", k[1] in OPS and OPS.index(k[1]), *k[2:]))
+    labels = [" ".join(str(part) for part in key[2:]) for key in keys]
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(keys) + 1.5))
+    positions = range(len(keys))
+    for offset, other in ((-0.2, "eager"), (0.2, "compile")):
+        values = [speedup(rows[key], other) or float("nan") for key in keys]  # NaN: no bar
+        ax.barh([p + offset for p in positions], values, height=0.4, label=f"vs {other}")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(positions), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up of ours: time(theirs) / time(ours)")
+    title = f"alexnet_triton on {machine.get('device', '?')}"
+    if machine.get("caveat"):
+        title += "\n(CPU interpreter: says nothing about kernel speed)"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="the JSON that --benchmark-json wrote")
+    parser.add_argument("--out", type=Path, help="write OUT.md and OUT.png")
+    args = parser.parse_args(argv)
+    if not args.results.is_file():
+        parser.error(f"results: no such file {args.results}")
+    machine, rows = load(args.results)
+    if not rows:
+        parser.error(f"results: {args.results} holds no timed benchmarks (was it run with --benchmark-disable?)")
+    text = report(machine, rows)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(text)
+        chart(machine, rows, args.out.with_suffix(".png"))
+        print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.png')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""What the benchmarks time: each op at AlexNet's own layer shapes, written three ways (ours, eager PyTorch,
+and torch.compile of that eager code), with the work it does counted from the shapes.
+
+Shapes are per tower, as `at.AlexNet` runs them: conv3 reads both towers' maps, every other conv one tower's.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import alexnet_triton as at
+from alexnet_triton.model import PAPER_LRN, TOWER_WIDTHS, feature_map_sizes
+from alexnet_triton.twin import GroupedAlexNet
+
+IMPLEMENTATIONS = ("ours", "eager", "compile")
+DIRECTIONS = ("forward", "forward+backward")
+DROPOUT_P = 0.5
+CLASSES = 1000  # of the whole network
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One op at one shape: how to make its inputs and the functions that compute it."""
+
+    name: str  # "conv2", "lrn1", ...
+    op: str  # "conv2d_relu", "local_response_norm", "max_pool2d", "dropout"
+    shapes: tuple[tuple[int, ...], ...]  # of the op's tensor arguments; the first is the input
+    needs_grad: tuple[bool, ...]  # which arguments get a gradient (conv1's image does not)
+    ours: Callable[..., torch.Tensor]
+    eager: Callable[..., torch.Tensor]
+
+
+def conv_case(name: str, batch: int, in_channels: int, size: int, out_channels: int, kernel: int, *, stride=1,
+              padding=0, input_grad=True) -> OpCase:  # fmt: skip
+    return OpCase(
+        name,
+        "conv2d_relu",
+        shapes=((batch, in_channels, size, size), (out_channels, in_channels, kernel, kernel), (out_channels,)),
+        needs_grad=(input_grad, True, True),
+        ours=lambda x, w, b: at.conv2d_relu(x, w, b, stride, padding),
+        eager=lambda x, w, b: F.relu(F.conv2d(x, w, b, stride, padding)),
+    )
+
+
+def alexnet_cases(batch: int, image_size: int) -> dict[str, OpCase]:
+    """Every op of one AlexNet tower, by layer, at the given batch and input size."""
+    c1, c2, c3, c4, c5, f6, _ = TOWER_WIDTHS
+    conv1_size = (image_size - 11) // 4 + 1
+    pool1_size, pool2_size, _ = feature_map_sizes(image_size)
+    cases = [
+        # The image needs no gradient: conv1's backward computes weight and bias gradients only.
+        conv_case("conv1", batch, 3, image_size, c1, 11, stride=4, input_grad=False),
+        conv_case("conv2", batch, c1, pool1_size, c2, 5, padding=2),
+        conv_case("conv3", batch, 2 * c2, pool2_size, c3, 3, padding=1),
+        conv_case("conv4", batch, c3, pool2_size, c4, 3, padding=1),
+        conv_case("conv5", batch, c4, pool2_size, c5, 3, padding=1),
+    ]
+    for name, channels, size in (("lrn1", c1, conv1_size), ("lrn2", c2, pool1_size)):
+        cases.append(
+            OpCase(
+                name,
+                "local_response_norm",
+                shapes=((batch, channels, size, size),),
+                needs_grad=(True,),
+                ours=lambda x: at.local_response_norm(x, **PAPER_LRN),
+                eager=lambda x: F.local_response_norm(x, **PAPER_LRN),
+            )
+        )
+    for name, channels, size in (("pool1", c1, conv1_size), ("pool2", c2, pool1_size), ("pool5", c5, pool2_size)):
+        cases.append(
+            OpCase(
+                name,
+                "max_pool2d",
+                shapes=((batch, channels, size, size),),
+                needs_grad=(True,),
+                ours=lambda x: at.max_pool2d(x, 3, 2),
+                eager=lambda x: F.max_pool2d(x, 3, 2),
+            )
+        )
+    # fc6's output (a whole-map convolution's, hence 1x1) is what AlexNet drops; a map the size of conv1's
+    # output shows the op's bandwidth.
+    for name, shape in (("dropout6", (batch, f6, 1, 1)), ("dropout-large", (batch, c1, conv1_size, conv1_size))):
+        cases.append(
+            OpCase(
+                name,
+                "dropout",
+                shapes=(shape,),
+                needs_grad=(True,),
+                ours=lambda x: at.dropout(x, DROPOUT_P, True),
+                eager=lambda x: F.dropout(x, DROPOUT_P, True),
+            )
+        )
+    return {case.name: case for case in cases}
+
+
+def implementation(case: OpCase, impl: str) -> Callable[..., torch.Tensor]:
+    """The function to time. torch.compile gets a fresh graph (dynamo caches by code object, and the eager
+    lambdas of one op share theirs) and must capture the whole function, so it never falls back to eager."""
+    if impl == "ours":
+        return case.ours
+    if impl == "eager":
+        return case.eager
+    if impl == "compile":
+        torch._dynamo.reset()
+        return torch.compile(case.eager, fullgraph=True, dynamic=False)
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {impl!r}")
+
+
+def make_arguments(case: OpCase, device, dtype, channels_last: bool) -> list[torch.Tensor]:
+    """Fresh random arguments for one call; gradients where the case needs them."""
+    arguments = []
+    for shape, needs_grad in zip(case.shapes, case.needs_grad, strict=True):
+        tensor = torch.randn(shape, device=device, dtype=dtype)
+        if channels_last and len(shape) == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        arguments.append(tensor.requires_grad_(needs_grad))
+    return arguments
+
+
+def output_shape(case: OpCase) -> tuple[int, ...]:
+    """Found by running the eager function on meta tensors."""
+    arguments = [torch.empty(shape, device="meta") for shape in case.shapes]
+    return tuple(case.eager(*arguments).shape)
+
+
+def flop_count(case: OpCase, direction: str) -> int:
+    """Floating-point operations of one call, as PyTorch's FlopCounterMode counts them (matrix products and
+    convolutions; elementwise work counts as zero, which is right for a roofline of these ops). The cases'
+    convolutions are ungrouped, whose backward it counts right (see flops_per_image)."""
+    arguments = [
+        torch.empty(shape, device="meta").requires_grad_(needs_grad)
+        for shape, needs_grad in zip(case.shapes, case.needs_grad, strict=True)
+    ]
+    with FlopCounterMode(display=False) as counter:
+        out = case.eager(*arguments)
+        if direction == "forward+backward":
+            inputs = [a for a in arguments if a.requires_grad]
+            torch.autograd.grad(out, inputs, torch.empty_like(out))
+    return counter.get_total_flops()
+
+
+def byte_count(case: OpCase, direction: str, element_size: int) -> int:
+    """The traffic no implementation can avoid: the forward reads each argument once and writes its
+    output once; the backward reads the incoming gradient once and writes each gradient once. What an
+    implementation saves between the two differs by implementation and is not counted, so this is a
+    lower bound."""
+    arguments = sum(math.prod(shape) for shape in case.shapes)
+    output = math.prod(output_shape(case))
+    elements = arguments + output
+    if direction == "forward+backward":
+        gradients = sum(math.prod(s) for s, needs in zip(case.shapes, case.needs_grad, strict=True) if needs)
+        elements += output + gradients
+    return elements * element_size
+
+
+def flops_per_image(mode: str, image_size: int) -> int:
+    """FLOPs of one image through the whole network, for inference or a training step.
+
+    The forward is counted by FlopCounterMode on the plain-torch twin on the meta device, where nothing
+    is computed. The backward is derived from it: each layer's backward is two products the size of its
+    forward (the input and the weight gradient), except conv1's, whose input is the image. (FlopCounterMode
+    counts a grouped convolution's weight gradient `groups` times over, so it cannot count the backward.)"""
+    with torch.device("meta"):
+        model = GroupedAlexNet(CLASSES, image_size=image_size)
+        images = torch.empty(1, 3, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        model.features[0](images)
+        conv1 = counter.get_total_flops()
+        model(images)
+    forward = counter.get_total_flops() - conv1
+    if mode == "inference":
+        return forward
+    if mode == "training":
+        return 3 * forward - conv1
+    raise ValueError(f"mode must be 'inference' or 'training', got {mode!r}")

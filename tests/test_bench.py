@@ -1,0 +1,136 @@
+"""The benchmark harness's own arithmetic: the work it counts, the roofline and the report. (The harness
+runs end to end in CI: `pytest bench/ --benchmark-only`.)"""
+
+import json
+
+import pytest
+
+from bench import report
+from bench.timing import roofline
+from bench.workloads import alexnet_cases, byte_count, flop_count, flops_per_image, output_shape
+
+# (output size, output channels, input channels per output, kernel size) of each layer of the whole
+# network at 227x227, from the paper's figure 2; fc layers as 1x1 outputs.
+PAPER_LAYERS = [
+    (55, 96, 3, 11),
+    (27, 256, 48, 5),
+    (13, 384, 256, 3),
+    (13, 384, 192, 3),
+    (13, 256, 192, 3),
+    (1, 4096, 256 * 6 * 6, 1),
+    (1, 4096, 4096, 1),
+    (1, 1000, 4096, 1),
+]
+
+
+def multiply_adds(layer) -> int:
+    size, out_channels, in_channels, kernel = layer
+    return size * size * out_channels * in_channels * kernel * kernel
+
+
+def test_forward_flops_are_the_paper_network_multiply_adds_twice():
+    macs = sum(multiply_adds(layer) for layer in PAPER_LAYERS)
+    assert 0.70e9 < macs < 0.74e9  # "about 0.72 G multiply-adds", as the issue states
+    assert flops_per_image("inference", 227) == 2 * macs
+
+
+def test_training_flops_add_two_backward_products_except_the_image_gradient():
+    macs = sum(multiply_adds(layer) for layer in PAPER_LAYERS)
+    conv1 = multiply_adds(PAPER_LAYERS[0])
+    assert flops_per_image("training", 227) == 2 * (3 * macs - conv1)  # about 4.3 GFLOP
+
+
+def test_op_counts_follow_the_shapes():
+    cases = alexnet_cases(batch=4, image_size=227)
+    pool = cases["pool1"]
+    assert pool.shapes == ((4, 48, 55, 55),) and output_shape(pool) == (4, 48, 27, 27)
+    x, y = 4 * 48 * 55 * 55, 4 * 48 * 27 * 27
+    assert byte_count(pool, "forward", 2) == 2 * (x + y)
+    assert byte_count(pool, "forward+backward", 2) == 2 * (x + y + y + x)
+    assert flop_count(pool, "forward") == 0
+
+    conv2 = cases["conv2"]
+    forward = 2 * 4 * 128 * 27 * 27 * 48 * 5 * 5
+    assert flop_count(conv2, "forward") == forward
+    assert flop_count(conv2, "forward+backward") == 3 * forward
+    # conv1's image gets no gradient, so its backward is the weight gradient only.
+    conv1_forward = flop_count(cases["conv1"], "forward")
+    assert flop_count(cases["conv1"], "forward+backward") == 2 * conv1_forward
+
+
+def test_roofline_is_the_slower_of_arithmetic_and_memory():
+    peaks = {"copy_bytes_per_s": 1e12, "float32_flop_per_s": 1e14}
+    memory_bound = roofline(2e-3, flops=1e10, bytes_moved=1e9, peaks=peaks, dtype_name="float32")
+    assert memory_bound["roofline_fraction"] == pytest.approx(0.5)  # 1 ms of copying in 2 ms
+    assert memory_bound["gb_per_s"] == pytest.approx(500)
+    compute_bound = roofline(4e-3, flops=1e11, bytes_moved=1e9, peaks=peaks, dtype_name="float32")
+    assert compute_bound["roofline_fraction"] == pytest.approx(0.25)
+    assert compute_bound["tflop_per_s"] == pytest.approx(25)
+
+
+def result(op, layer, direction, impl, seconds, **extra):
+    info = {
+        "kind": "network" if op == "alexnet" else "op",
+        "op": op,
+        "layer": layer,
+        "direction": direction,
+        "dtype": "bfloat16",
+        "memory_format": "contiguous",
+        "implementation": impl,
+        "median_s": seconds,
+        "flops": 0,
+        "bytes": 2**27,
+        "tflop_per_s": 0.0,
+        "gb_per_s": 2**27 / seconds / 1e9,
+        "roofline_fraction": 0.9,
+        "peak_memory_bytes": 2**20,
+        "saved_bytes": 0,
+        **extra,
+    }
+    return {"name": f"{layer}-{impl}", "extra_info": info}
+
+
+def write_results(path, benchmarks, caveat=None):
+    machine = {"device": "Test GPU", "backend": "triton", "caveat": caveat, "batch": 8, "image_size": 227}
+    path.write_text(json.dumps({"machine_info": {"alexnet_triton": machine}, "benchmarks": benchmarks}))
+
+
+def test_report_tables_ratios_and_goals(tmp_path, capsys):
+    network = {"images_per_s_bound": 1000.0, "fraction_of_bound": 0.4}
+    benchmarks = [
+        result("local_response_norm", "lrn1", "forward+backward", "ours", 1e-3),
+        result("local_response_norm", "lrn1", "forward+backward", "eager", 6e-3),
+        result("local_response_norm", "lrn1", "forward+backward", "compile", 0.5e-3),
+        result("alexnet", "alexnet", "training", "ours", 0.2, images_per_s=40.0, **network),
+        result("alexnet", "alexnet", "training", "eager", 0.3, images_per_s=26.7, **network),
+        {"name": "failed before timing", "extra_info": {"kind": "op"}},
+    ]
+    write_results(tmp_path / "results.json", benchmarks)
+    assert report.main([str(tmp_path / "results.json"), "--out", str(tmp_path / "out" / "run")]) == 0
+
+    text = (tmp_path / "out" / "run.md").read_text()
+    assert text in capsys.readouterr().out  # what it prints is what it writes
+    lrn_row = next(line for line in text.splitlines() if line.startswith("| local_response_norm"))
+    assert "| 6.00x | 0.50x |" in lrn_row  # eager took 6x our time, torch.compile half of it
+    assert "| LRN forward+backward at least 5x eager | met |" in text
+    assert "| LRN forward+backward faster than torch.compile | missed (1 of 1 short) |" in text
+    assert "| conv2d+ReLU bf16 at cuDNN's speed or better on conv2-conv5 | not measured |" in text
+    assert "| training step faster than eager and torch.compile | met |" in text  # no compile run: eager only
+    assert "| training step with less peak memory than eager and torch.compile | missed (1 of 1 short) |" in text
+    assert "| 40.0% |" in next(line for line in text.splitlines() if line.startswith("| training | bfloat16"))
+    assert (tmp_path / "out" / "run.png").stat().st_size > 10_000
+
+
+def test_report_of_a_cpu_run_says_it_judges_nothing(tmp_path, capsys):
+    benchmarks = [result("dropout", "dropout6", "forward", impl, 1e-3) for impl in ("ours", "eager")]
+    write_results(tmp_path / "results.json", benchmarks, caveat="CPU run: says nothing about kernel speed.")
+    report.main([str(tmp_path / "results.json")])
+    text = capsys.readouterr().out
+    assert "> **CPU run: says nothing about kernel speed.**" in text
+    assert "Not judged" in text and "| goal | verdict |" not in text
+
+
+def test_report_refuses_results_without_timings(tmp_path):
+    write_results(tmp_path / "results.json", [{"name": "x", "extra_info": {}}])
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "results.json")])
