@@ -63,11 +63,13 @@ def run_benchmark(benchmark, settings: Settings, call: Callable[[], object]) -> 
 
     for _ in range(settings.warmup):
         timed()
-    # The budget is spent at the speed of a warm call (the first warm-up call includes compilation).
-    start = time.perf_counter()
-    timed()
-    warm = time.perf_counter() - start
-    rounds = max(settings.min_rounds, min(10_000, math.ceil(settings.seconds / warm)))
+    rounds = settings.min_rounds
+    if settings.seconds > 0:
+        # The budget is spent at the speed of a warm call (the first warm-up call includes compilation).
+        start = time.perf_counter()
+        timed()
+        warm = time.perf_counter() - start
+        rounds = max(rounds, min(10_000, math.ceil(settings.seconds / warm)))
     benchmark.pedantic(timed, rounds=rounds, iterations=1)
     return benchmark.stats.stats.median
 
