@@ -10,8 +10,8 @@ from alexnet_triton import functional
 class Conv2dReLU(torch.nn.Conv2d):
     """``nn.Conv2d`` followed by ReLU, computed by one fused op (:func:`alexnet_triton.conv2d_relu`).
 
-    Same constructor and state_dict as ``nn.Conv2d``. Dilation other than 1 and padding modes other
-    than "zeros" are not supported and raise at construction.
+    Same constructor and state_dict as ``nn.Conv2d``. Dilation other than 1, padding modes other
+    than "zeros" and padding="same" with an even kernel are not supported and raise at construction.
     """
 
     def __init__(self, *args, **kwargs):
@@ -20,6 +20,11 @@ class Conv2dReLU(torch.nn.Conv2d):
             raise ValueError(f"Conv2dReLU supports dilation=1 only, got dilation={self.dilation}")
         if self.padding_mode != "zeros":
             raise ValueError(f"Conv2dReLU supports padding_mode='zeros' only, got {self.padding_mode!r}")
+        if self.padding == "same" and any(k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(
+                f"Conv2dReLU supports padding='same' with odd kernels only (an even one pads unevenly), "
+                f"got kernel_size={self.kernel_size}"
+            )
 
     def forward(self, input: Tensor) -> Tensor:
         return functional.conv2d_relu(input, self.weight, self.bias, self.stride, self.padding, self.groups)

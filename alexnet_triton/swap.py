@@ -244,9 +244,6 @@ def _refusal(module: nn.Module) -> str | None:
             fused.Dropout(module.p, module.inplace)
     except ValueError as error:
         return str(error)
-    # Checked by the functional op at the first call rather than by the constructor.
-    if isinstance(module, nn.Conv2d) and module.padding == "same" and any(k % 2 == 0 for k in module.kernel_size):
-        return "padding='same' with an even kernel pads unevenly, which the fused conv does not"
     return None
 
 

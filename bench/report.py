@@ -141,6 +141,27 @@ def network_table(rows: dict[tuple, dict]) -> list[str]:
     return lines
 
 
+def swap_table(rows: dict[tuple, dict]) -> list[str]:
+    lines = [
+        "| model | dtype | format | as is img/s | swapped img/s | speed-up | modules swapped "
+        "| peak memory (as is / swapped) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key in sorted(k for k in rows if k[0] == "swap"):
+        _, _, model, _, dtype, memory_format = key
+        results = rows[key]
+        rates = [f"{results[i]['images_per_s']:.1f}" if i in results else "—" for i in ("eager", "ours")]
+        memory = " / ".join(
+            fmt_bytes(results[i]["peak_memory_bytes"]) if i in results else "—" for i in ("eager", "ours")
+        )
+        swapped = results["ours"]["swapped"] if "ours" in results else "—"
+        lines.append(
+            f"| {model} | {dtype} | {memory_format} | {' | '.join(rates)} | {fmt_ratio(speedup(results, 'eager'))} "
+            f"| {swapped} | {memory} |"
+        )
+    return lines
+
+
 def goals(rows: dict[tuple, dict]) -> list[str]:
     """The project's goals, each judged from this run: met, missed, or not measured."""
 
@@ -153,7 +174,8 @@ def goals(rows: dict[tuple, dict]) -> list[str]:
         return [
             results
             for key, results in rows.items()
-            if key[1] == op
+            if key[0] in ("op", "network")
+            and key[1] == op
             and (direction is None or key[3] == direction)
             and (dtype is None or key[4] == dtype)
             and (layers is None or key[2] in layers)
@@ -198,6 +220,9 @@ def report(machine: dict, rows: dict[tuple, dict]) -> str:
         lines += ["## Goals", "", *goals(rows), ""]
     lines += ["## The whole network", "", *network_table(rows), ""]
     lines += ["## Each op at AlexNet's layer shapes (per tower)", "", *op_table(rows), ""]
+    if any(key[0] == "swap" for key in rows):
+        lines += ["## torchvision models, a training step as they are and after at.swap_fused_ops", ""]
+        lines += [*swap_table(rows), ""]
     lines += [
         "Speed-ups are time(theirs) / time(ours). Roofline: the slower of the op's FLOPs at the measured "
         "matrix-product rate and its unavoidable bytes at the measured copy bandwidth, over its time. "
@@ -215,7 +240,7 @@ def chart(machine: dict, rows: dict[tuple, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted(rows, key=lambda k: (k[0] != "network", k[1] in OPS and OPS.index(k[1]), *k[2:]))
-    labels = [" ".join(str(part) for part in key[2:]) for key in keys]
+    labels = [("torchvision " if key[0] == "swap" else "") + " ".join(map(str, key[2:])) for key in keys]
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(keys) + 1.5))
     positions = range(len(keys))
     for offset, other in ((-0.2, "eager"), (0.2, "compile")):

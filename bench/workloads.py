@@ -157,23 +157,29 @@ def byte_count(case: OpCase, direction: str, element_size: int) -> int:
     return elements * element_size
 
 
-def flops_per_image(mode: str, image_size: int) -> int:
-    """FLOPs of one image through the whole network, for inference or a training step.
+def network_flops(model: torch.nn.Module, image_size: int) -> tuple[int, int]:
+    """FLOPs of one image through a model built on the meta device (nothing is computed): for inference,
+    and for a training step.
 
-    The forward is counted by FlopCounterMode on the plain-torch twin on the meta device, where nothing
-    is computed. The backward is derived from it: each layer's backward is two products the size of its
-    forward (the input and the weight gradient), except conv1's, whose input is the image. (FlopCounterMode
-    counts a grouped convolution's weight gradient `groups` times over, so it cannot count the backward.)"""
+    The forward is counted by FlopCounterMode. The backward is derived from it: each layer's backward is
+    two products the size of its forward (the input and the weight gradient), except the first conv's,
+    whose input is the image. (FlopCounterMode counts a grouped convolution's weight gradient `groups`
+    times over, so it cannot count the backward.)"""
+    images = torch.empty(1, 3, image_size, image_size, device="meta")
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with FlopCounterMode(display=False) as counter:
+        first_conv(images)
+        image_layer = counter.get_total_flops()
+        model(images)
+    forward = counter.get_total_flops() - image_layer
+    return forward, 3 * forward - image_layer
+
+
+def flops_per_image(mode: str, image_size: int) -> int:
+    """FLOPs of one image through AlexNet (its plain-torch twin, the same arithmetic), by mode."""
+    if mode not in ("inference", "training"):
+        raise ValueError(f"mode must be 'inference' or 'training', got {mode!r}")
     with torch.device("meta"):
         model = GroupedAlexNet(CLASSES, image_size=image_size)
-        images = torch.empty(1, 3, image_size, image_size)
-    with FlopCounterMode(display=False) as counter:
-        model.features[0](images)
-        conv1 = counter.get_total_flops()
-        model(images)
-    forward = counter.get_total_flops() - conv1
-    if mode == "inference":
-        return forward
-    if mode == "training":
-        return 3 * forward - conv1
-    raise ValueError(f"mode must be 'inference' or 'training', got {mode!r}")
+    inference, training = network_flops(model, image_size)
+    return inference if mode == "inference" else training

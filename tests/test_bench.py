@@ -103,6 +103,9 @@ def test_report_tables_ratios_and_goals(tmp_path, capsys):
         result("local_response_norm", "lrn1", "forward+backward", "compile", 0.5e-3),
         result("alexnet", "alexnet", "training", "ours", 0.2, images_per_s=40.0, **network),
         result("alexnet", "alexnet", "training", "eager", 0.3, images_per_s=26.7, **network),
+        # torchvision's alexnet, swapped: its own table, and no part of the goals for our network
+        result("swap_fused_ops", "alexnet", "training", "ours", 0.5, kind="swap", images_per_s=16.0, swapped=10),
+        result("swap_fused_ops", "alexnet", "training", "eager", 0.25, kind="swap", images_per_s=32.0),
         {"name": "failed before timing", "extra_info": {"kind": "op"}},
     ]
     write_results(tmp_path / "results.json", benchmarks)
@@ -118,6 +121,7 @@ def test_report_tables_ratios_and_goals(tmp_path, capsys):
     assert "| training step faster than eager and torch.compile | met |" in text  # no compile run: eager only
     assert "| training step with less peak memory than eager and torch.compile | missed (1 of 1 short) |" in text
     assert "| 40.0% |" in next(line for line in text.splitlines() if line.startswith("| training | bfloat16"))
+    assert "| alexnet | bfloat16 | contiguous | 32.0 | 16.0 | 0.50x | 10 | 1.0 MiB / 1.0 MiB |" in text
     assert (tmp_path / "out" / "run.png").stat().st_size > 10_000
 
 

@@ -166,11 +166,17 @@ def test_module_is_a_drop_in_conv2d(device):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match", [({"dilation": 2}, "dilation"), ({"padding_mode": "reflect"}, "padding_mode")]
+    "kernel, kwargs, match",
+    [
+        (3, {"dilation": 2}, "dilation"),
+        (3, {"padding_mode": "reflect"}, "padding_mode"),
+        (2, {"padding": "same"}, "odd kernels only"),
+    ],
 )
-def test_module_rejects_what_it_cannot_compute(kwargs, match):
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # nn.Conv2d's own, before ours raises
+def test_module_rejects_what_it_cannot_compute(kernel, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        at.nn.Conv2dReLU(3, 4, 3, **kwargs)
+        at.nn.Conv2dReLU(3, 4, kernel, **kwargs)
 
 
 # ---- validation ----------------------------------------------------------------------------------

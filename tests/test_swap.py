@@ -320,7 +320,8 @@ def test_configurations_the_fused_ops_do_not_compute_are_left_as_they_were(devic
         "2": "MaxPool2d supports ceil_mode=False only",
         "3": "Dropout(inplace=True) is not supported: the fused op writes a new tensor",
         "4": "Conv2dReLU supports padding_mode='zeros' only, got 'reflect'",
-        "6": "padding='same' with an even kernel pads unevenly, which the fused conv does not",
+        "6": "Conv2dReLU supports padding='same' with odd kernels only (an even one pads unevenly), "
+        "got kernel_size=(2, 2)",
         "8": "not followed by ReLU (next: nn.BatchNorm2d)",
         "11": "a subclass of nn.MaxPool2d: its forward may differ",
     }

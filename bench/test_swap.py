@@ -1,0 +1,80 @@
+"""torchvision's AlexNet and VGG-16 as they are, and after `at.swap_fused_ops`: a training step each (forward,
+loss, backward, SGD), batch 64 at 224x224 on a GPU, bf16 under autocast as well as fp32."""
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import alexnet_triton as at
+from bench.timing import peak_memory, roofline, rotating, rotation, run_benchmark
+from bench.workloads import network_flops
+
+CLASSES = 1000
+# model: (builder, image size on a GPU, the least image size its feature maps survive, used on a CPU)
+MODELS = {"alexnet": (torchvision.models.alexnet, 224, 63), "vgg16": (torchvision.models.vgg16, 224, 32)}
+GPU_BATCH = 64
+IMPLEMENTATIONS = ("ours", "eager")  # swapped, and the model as it is
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("model_name", MODELS)
+def test_swapped_training_step(benchmark, settings, peaks, skip_unrunnable, model_name, impl, dtype_name, dtype,
+                               memory_format):  # fmt: skip
+    build, gpu_size, cpu_size = MODELS[model_name]
+    image_size = gpu_size if settings.on_gpu else cpu_size
+    batch = GPU_BATCH if settings.on_gpu else settings.batch
+    channels_last = memory_format == "channels_last"
+    model = build(weights=None).to(settings.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if impl == "ours":
+        model = at.swap_fused_ops(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    autocast = torch.autocast(settings.device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+    def batch_of_images():
+        images = torch.randn(batch, 3, image_size, image_size, device=settings.device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, torch.randint(CLASSES, (batch,), device=settings.device)
+
+    def step(images, labels):
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    batches = [batch_of_images() for _ in range(rotation(settings.device, batch * 3 * image_size**2 * 4))]
+    with torch.device("meta"):
+        _, flops_per_image = network_flops(build(weights=None), image_size)
+    flops = flops_per_image * batch
+    benchmark.group = f"{model_name} swapped training {dtype_name} {memory_format}"
+    benchmark.extra_info.update(
+        kind="swap",
+        op="swap_fused_ops",
+        layer=model_name,
+        direction="training",
+        dtype=dtype_name,
+        memory_format=memory_format,
+        implementation=impl,
+        batch=batch,
+        image_size=image_size,
+        swapped=len(model.fused_ops_report.swapped) if impl == "ours" else 0,
+        flops=flops,
+        bytes=0,
+        rotation=len(batches),
+    )
+    seconds = run_benchmark(benchmark, settings, rotating(step, batches))
+    if seconds is None:
+        return  # --benchmark-disable: the step ran once as a smoke test; nothing was timed
+
+    benchmark.extra_info.update(
+        roofline(seconds, flops, 0, peaks, dtype_name),
+        images_per_s=batch / seconds,
+        peak_memory_bytes=peak_memory(settings.device, lambda: step(*batches[0])),
+        saved_bytes=None,
+    )
