@@ -71,15 +71,15 @@ def test_alexnet(benchmark, settings, peaks, skip_unrunnable, mode, impl, dtype_
         bytes=0,  # bounded by arithmetic; the roofline is the matrix-product rate
         rotation=len(batches),
     )
-    seconds = run_benchmark(benchmark, settings, rotating(step, batches))
-    if seconds is None:
+    medians = run_benchmark(benchmark, settings, rotating(step, batches))
+    if medians is None:
         return  # --benchmark-disable: the step ran once as a smoke test; nothing was timed
 
-    images_per_s = settings.batch / seconds
+    images_per_s = settings.batch / medians["median_s"]
     # The physical limit: every image's FLOPs at the device's measured bf16 matrix-product rate.
     bound = peaks["bfloat16_flop_per_s"] / (flops / settings.batch)
     benchmark.extra_info.update(
-        roofline(seconds, flops, 0, peaks, dtype_name),
+        roofline(medians, flops, 0, peaks, dtype_name),
         images_per_s=images_per_s,
         images_per_s_bound=bound,
         fraction_of_bound=images_per_s / bound,

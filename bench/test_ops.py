@@ -54,13 +54,13 @@ def test_op(benchmark, settings, peaks, skip_unrunnable, case_name, direction, i
         bytes=bytes_moved,
         rotation=len(sets),
     )
-    seconds = run_benchmark(benchmark, settings, rotating(call, sets))
-    if seconds is None:
+    medians = run_benchmark(benchmark, settings, rotating(call, sets))
+    if medians is None:
         return  # --benchmark-disable: the call ran once as a smoke test; nothing was timed
 
     arguments, _ = sets[0]
     benchmark.extra_info.update(
-        roofline(seconds, benchmark.extra_info["flops"], bytes_moved, peaks, dtype_name),
+        roofline(medians, benchmark.extra_info["flops"], bytes_moved, peaks, dtype_name),
         peak_memory_bytes=peak_memory(settings.device, lambda: call(*sets[0])),
         saved_bytes=(
             saved_for_backward(settings.device, lambda: function(*arguments), arguments, impl == "compile")

@@ -68,13 +68,13 @@ def test_swapped_training_step(benchmark, settings, peaks, skip_unrunnable, mode
         bytes=0,
         rotation=len(batches),
     )
-    seconds = run_benchmark(benchmark, settings, rotating(step, batches))
-    if seconds is None:
+    medians = run_benchmark(benchmark, settings, rotating(step, batches))
+    if medians is None:
         return  # --benchmark-disable: the step ran once as a smoke test; nothing was timed
 
     benchmark.extra_info.update(
-        roofline(seconds, flops, 0, peaks, dtype_name),
-        images_per_s=batch / seconds,
+        roofline(medians, flops, 0, peaks, dtype_name),
+        images_per_s=batch / medians["median_s"],
         peak_memory_bytes=peak_memory(settings.device, lambda: step(*batches[0])),
         saved_bytes=None,
     )

@@ -38,6 +38,8 @@ _GPU_CONFIGS = [
 ]
 # Under the interpreter: one config, tiles big enough that the small test shapes need few programs.
 _KEY = ["GEMM_M", "GEMM_N", "GEMM_K"]
+# Plus the channel stride of the operand read by pixel: it tells NCHW from channels_last, whose loads
+# coalesce along other axes and so want other tiles.
 
 
 def _interpreter_blocks(args: dict) -> dict:
@@ -62,7 +64,7 @@ _MIN_PIXELS_PER_SPLIT = 2048
 # ---------------------------------------------------------------------------------------------
 
 
-@_common.tuned(_GPU_CONFIGS, _KEY, _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, [*_KEY, "sx_c"], _interpreter_blocks)
 @triton.jit
 def _conv_fwd_kernel(
     # pointers
@@ -137,7 +139,7 @@ def _conv_fwd_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@_common.tuned(_GPU_CONFIGS, _KEY, _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, [*_KEY, "sg_c"], _interpreter_blocks)
 @triton.jit
 def _conv_dgrad_kernel(
     # pointers
@@ -210,7 +212,7 @@ def _conv_dgrad_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@_common.tuned(_GPU_CONFIGS, [*_KEY, "PIXELS_PER_SPLIT"], _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, [*_KEY, "PIXELS_PER_SPLIT", "sx_c"], _interpreter_blocks)
 @triton.jit
 def _conv_wgrad_kernel(
     # pointers: dw_part is [splits, C_out, Cin_g, KH, KW] and db_part is [splits, C_out], both in ACC_DTYPE

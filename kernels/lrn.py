@@ -74,7 +74,7 @@ def _pow_neg(base, beta):
 # ---------------------------------------------------------------------------------------------
 
 
-@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE"], _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "sx_c"], _interpreter_blocks)  # sx_c: NCHW or channels_last
 @triton.jit
 def _lrn_fwd_kernel(
     # pointers
@@ -108,7 +108,7 @@ def _lrn_fwd_kernel(
         tl.store(o_pix + c * so_c, out.to(out_ptr.dtype.element_ty), mask=mask & (c >= 0))
 
 
-@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE"], _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "sx_c"], _interpreter_blocks)  # sx_c: NCHW or channels_last
 @triton.jit
 def _lrn_bwd_kernel(
     # pointers

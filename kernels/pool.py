@@ -70,7 +70,7 @@ def _unflatten(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 
 
-@_common.tuned(_GPU_CONFIGS, ["TOTAL"], _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, ["TOTAL", "CHANNELS_LAST"], _interpreter_blocks)
 @triton.jit
 def _max_pool_fwd_kernel(
     # pointers
@@ -112,7 +112,7 @@ def _max_pool_fwd_kernel(
     tl.store(pos_ptr + out_offs, best_pos.to(pos_ptr.dtype.element_ty), mask=mask)
 
 
-@_common.tuned(_GPU_CONFIGS, ["TOTAL"], _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, ["TOTAL", "CHANNELS_LAST"], _interpreter_blocks)
 @triton.jit
 def _max_pool_bwd_kernel(
     # pointers
