@@ -17,7 +17,7 @@ from alexnet_triton.kernels import conv as conv_kernels
 from alexnet_triton.kernels import dropout as dropout_kernels
 from alexnet_triton.kernels import lrn as lrn_kernels
 from alexnet_triton.kernels import pool as pool_kernels
-from alexnet_triton.validation import check_number, check_same, check_tensor, pair
+from alexnet_triton.validation import check_number, check_same, check_tensor, lrn_parameters, pair
 
 # ---------------------------------------------------------------------------------------------
 # Backend selection
@@ -228,9 +228,7 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
     whenever the input is kept anyway.
     """
     check_tensor("input", input, min_ndim=3)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"size must be a positive int (channels in the window), got {size!r}")
-    alpha, beta, k = (check_number(name, v) for name, v in (("alpha", alpha), ("beta", beta), ("k", k)))
+    size, alpha, beta, k = lrn_parameters(size, alpha, beta, k)
     if input.shape[1] == 0 or input.numel() == 0:
         raise ValueError(f"input must have channels and pixels, got shape {tuple(input.shape)}")
 

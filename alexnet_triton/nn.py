@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from alexnet_triton import functional
+from alexnet_triton.validation import lrn_parameters
 
 
 class Conv2dReLU(torch.nn.Conv2d):
@@ -34,8 +35,11 @@ class LocalResponseNorm(torch.nn.LocalResponseNorm):
     """``nn.LocalResponseNorm`` computed by one fused op (:func:`alexnet_triton.local_response_norm`).
 
     PyTorch's convention: alpha is divided by size. The 2012 paper's LRN is
-    ``LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)``.
+    ``LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)``. Its arguments are checked at construction.
     """
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+        super().__init__(*lrn_parameters(size, alpha, beta, k))
 
     def forward(self, input: Tensor) -> Tensor:
         return functional.local_response_norm(input, self.size, self.alpha, self.beta, self.k)

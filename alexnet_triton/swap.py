@@ -242,7 +242,9 @@ def _refusal(module: nn.Module) -> str | None:
             )
         elif isinstance(module, nn.Dropout):
             fused.Dropout(module.p, module.inplace)
-    except ValueError as error:
+        elif isinstance(module, nn.LocalResponseNorm):
+            fused.LocalResponseNorm(module.size, module.alpha, module.beta, module.k)
+    except (ValueError, TypeError) as error:
         return str(error)
     return None
 

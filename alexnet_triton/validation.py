@@ -36,6 +36,13 @@ def check_number(name: str, value) -> float:
     return float(value)
 
 
+def lrn_parameters(size, alpha, beta, k) -> tuple[int, float, float, float]:
+    """LRN's window and constants, checked (the functional op and the module share this check)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int (channels in the window), got {size!r}")
+    return size, check_number("alpha", alpha), check_number("beta", beta), check_number("k", k)
+
+
 def pair(name: str, value, *, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a (height, width) tuple."""
     items = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, Sequence) else None

@@ -105,3 +105,15 @@ def test_bad_arguments_name_the_argument(kwargs, error, match):
     args = {"input": torch.randn(2, 3, 4, 4), "size": 3, "alpha": 1e-4, "beta": 0.75, "k": 1.0} | kwargs
     with pytest.raises(error, match=match):
         at.local_response_norm(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"size": 2.5}, ValueError, "size must be a positive int"),
+        ({"size": 3, "k": "one"}, TypeError, "k must be a number"),
+    ],
+)
+def test_module_refuses_bad_arguments_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        at.nn.LocalResponseNorm(**kwargs)

@@ -328,6 +328,16 @@ def test_configurations_the_fused_ops_do_not_compute_are_left_as_they_were(devic
     assert_same_function(model, x, grad, before)
 
 
+def test_local_response_norm_with_arguments_the_op_refuses_is_left():
+    model = nn.Sequential(nn.LocalResponseNorm(2.5), nn.LocalResponseNorm(3, alpha="1e-4"))
+    at.swap_fused_ops(model)
+    assert [type(m) for m in model] == [nn.LocalResponseNorm, nn.LocalResponseNorm]
+    assert reasons(model.fused_ops_report) == {
+        "0": "size must be a positive int (channels in the window), got 2.5",
+        "1": "alpha must be a number, got '1e-4'",
+    }
+
+
 def test_max_pool_with_return_indices_is_left():
     model = nn.Sequential(nn.MaxPool2d(2, return_indices=True), nn.MaxPool2d(3, 2, padding=1))
     at.swap_fused_ops(model)
