@@ -48,9 +48,7 @@ def fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
-def fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
+def fmt_time(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
@@ -70,8 +68,9 @@ def fmt_rate(per_second: float, unit: str) -> str:
     return f"{per_second:.0f} {unit}/s"
 
 
-def median(results: dict[str, dict], impl: str) -> float | None:
-    return results[impl]["median_s"] if impl in results else None
+def each(results: dict[str, dict], implementations, show) -> list[str]:
+    """show(result) for each implementation, in order; a dash where it did not run."""
+    return [show(results[impl]) if impl in results else "—" for impl in implementations]
 
 
 def achieved(info: dict) -> str:
@@ -79,8 +78,17 @@ def achieved(info: dict) -> str:
     return fmt_rate(info["tflop_per_s"] * 1e12, "FLOP") if info["flops"] else fmt_rate(info["gb_per_s"] * 1e9, "B")
 
 
+def images_per_s(result: dict) -> str:
+    return f"{result['images_per_s']:.1f}"
+
+
+def peak_memory(result: dict) -> str:
+    return fmt_bytes(result["peak_memory_bytes"])
+
+
 def pair(results: dict[str, dict], field: str) -> str:
-    return " / ".join(fmt_bytes(results[impl][field]) if impl in results else "—" for impl in ("ours", "eager"))
+    """Ours and eager's byte counts of one field."""
+    return " / ".join(each(results, ("ours", "eager"), lambda result: fmt_bytes(result[field])))
 
 
 def header(machine: dict) -> list[str]:
@@ -120,7 +128,7 @@ def op_table(rows: dict[tuple, dict]) -> list[str]:
         _, op, layer, direction, dtype, memory_format = key
         results = rows[key]
         ours = results.get("ours")
-        times = " | ".join(fmt_time(median(results, impl)) for impl in IMPLEMENTATIONS)
+        times = " | ".join(each(results, IMPLEMENTATIONS, lambda result: fmt_time(result["median_s"])))
         rate, of_roofline = (achieved(ours), f"{ours['roofline_fraction']:.0%}") if ours else ("—", "—")
         lines.append(
             f"| {op} | {layer} | {direction} | {dtype} | {memory_format} | {times}"
@@ -140,12 +148,10 @@ def network_table(rows: dict[tuple, dict]) -> list[str]:
     for key in sorted(k for k in rows if k[0] == "network"):
         _, _, _, mode, dtype, memory_format = key
         results = rows[key]
-        rates = [f"{results[i]['images_per_s']:.1f}" if i in results else "—" for i in IMPLEMENTATIONS]
+        rates = each(results, IMPLEMENTATIONS, images_per_s)
         any_result = next(iter(results.values()))
         of_bound = f"{results['ours']['fraction_of_bound']:.1%}" if "ours" in results else "—"
-        memory = " / ".join(
-            fmt_bytes(results[i]["peak_memory_bytes"]) if i in results else "—" for i in IMPLEMENTATIONS
-        )
+        memory = " / ".join(each(results, IMPLEMENTATIONS, peak_memory))
         lines.append(
             f"| {mode} | {dtype} | {memory_format} | {' | '.join(rates)} | {fmt_ratio(speedup(results, 'eager'))} "
             f"| {fmt_ratio(speedup(results, 'compile'))} | {any_result['images_per_s_bound']:.0f} "
@@ -163,10 +169,8 @@ def swap_table(rows: dict[tuple, dict]) -> list[str]:
     for key in sorted(k for k in rows if k[0] == "swap"):
         _, _, model, _, dtype, memory_format = key
         results = rows[key]
-        rates = [f"{results[i]['images_per_s']:.1f}" if i in results else "—" for i in ("eager", "ours")]
-        memory = " / ".join(
-            fmt_bytes(results[i]["peak_memory_bytes"]) if i in results else "—" for i in ("eager", "ours")
-        )
+        rates = each(results, ("eager", "ours"), images_per_s)
+        memory = " / ".join(each(results, ("eager", "ours"), peak_memory))
         swapped = results["ours"]["swapped"] if "ours" in results else "—"
         any_result = next(iter(results.values()))
         size = f"{any_result['batch']} x {any_result['image_size']}"

@@ -2,16 +2,13 @@
 decay). Ours is `at.AlexNet`; eager is its plain-torch twin (the same network with groups=2, holding the
 same weights); compile is torch.compile of that twin. bf16 runs under autocast, as training in bf16 does."""
 
-import contextlib
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import alexnet_triton as at
 from alexnet_triton.twin import GroupedAlexNet
 from bench.timing import peak_memory, roofline, rotating, rotation, run_benchmark
-from bench.workloads import CLASSES, IMPLEMENTATIONS, flops_per_image
+from bench.workloads import CLASSES, IMPLEMENTATIONS, flops_per_image, image_batches, mixed_precision, training_step
 
 MODES = ("inference", "training")
 
@@ -33,28 +30,17 @@ def test_alexnet(benchmark, settings, peaks, skip_unrunnable, mode, impl, dtype_
     channels_last = memory_format == "channels_last"
     model = build(impl, settings, channels_last).train(mode == "training")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    # Mixed precision for half types, as a user trains; fp32 runs as it is.
-    autocast = torch.autocast(settings.device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-
-    def batch():
-        images = torch.randn(settings.batch, 3, settings.image_size, settings.image_size, device=settings.device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, torch.randint(CLASSES, (settings.batch,), device=settings.device)
+    autocast = mixed_precision(settings.device, dtype)
 
     def step(images, labels):
-        if mode == "inference":
-            with torch.no_grad(), autocast:
-                return model(images)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        return loss
+        if mode == "training":
+            return training_step(model, optimizer, autocast, images, labels)
+        with torch.no_grad(), autocast:
+            return model(images)
 
     image_bytes = settings.batch * 3 * settings.image_size**2 * 4
-    batches = [batch() for _ in range(rotation(settings.device, image_bytes))]
+    count = rotation(settings.device, image_bytes)
+    batches = image_batches(count, settings.batch, settings.image_size, settings.device, channels_last)
     flops = flops_per_image(mode, settings.image_size) * settings.batch
     benchmark.group = f"alexnet {mode} {dtype_name} {memory_format}"
     benchmark.extra_info.update(

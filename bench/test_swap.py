@@ -1,18 +1,16 @@
 """torchvision's AlexNet and VGG-16 as they are, and after `at.swap_fused_ops`: a training step each (forward,
 loss, backward, SGD), batch 64 at 224x224 on a GPU, bf16 under autocast as well as fp32."""
 
-import contextlib
+import functools
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 
 import alexnet_triton as at
 from bench.timing import peak_memory, roofline, rotating, rotation, run_benchmark
-from bench.workloads import network_flops
+from bench.workloads import image_batches, mixed_precision, network_flops, training_step
 
-CLASSES = 1000
 # model: (builder, image size on a GPU, the least image size its feature maps survive, used on a CPU)
 MODELS = {"alexnet": (torchvision.models.alexnet, 224, 63), "vgg16": (torchvision.models.vgg16, 224, 32)}
 GPU_BATCH = 64
@@ -33,22 +31,9 @@ def test_swapped_training_step(benchmark, settings, peaks, skip_unrunnable, mode
     if impl == "ours":
         model = at.swap_fused_ops(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    autocast = torch.autocast(settings.device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-
-    def batch_of_images():
-        images = torch.randn(batch, 3, image_size, image_size, device=settings.device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, torch.randint(CLASSES, (batch,), device=settings.device)
-
-    def step(images, labels):
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-
-    batches = [batch_of_images() for _ in range(rotation(settings.device, batch * 3 * image_size**2 * 4))]
+    step = functools.partial(training_step, model, optimizer, mixed_precision(settings.device, dtype))
+    count = rotation(settings.device, batch * 3 * image_size**2 * 4)
+    batches = image_batches(count, batch, image_size, settings.device, channels_last)
     with torch.device("meta"):
         _, flops_per_image = network_flops(build(weights=None), image_size)
     flops = flops_per_image * batch

@@ -4,6 +4,7 @@ and torch.compile of that eager code), with the work it does counted from the sh
 Shapes are per tower, as `at.AlexNet` runs them: conv3 reads both towers' maps, every other conv one tower's.
 """
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,41 +60,23 @@ def alexnet_cases(batch: int, image_size: int) -> dict[str, OpCase]:
         conv_case("conv4", batch, c3, pool2_size, c4, 3, padding=1),
         conv_case("conv5", batch, c4, pool2_size, c5, 3, padding=1),
     ]
-    for name, channels, size in (("lrn1", c1, conv1_size), ("lrn2", c2, pool1_size)):
-        cases.append(
-            OpCase(
-                name,
-                "local_response_norm",
-                shapes=((batch, channels, size, size),),
-                needs_grad=(True,),
-                ours=lambda x: at.local_response_norm(x, **PAPER_LRN),
-                eager=lambda x: F.local_response_norm(x, **PAPER_LRN),
-            )
-        )
-    for name, channels, size in (("pool1", c1, conv1_size), ("pool2", c2, pool1_size), ("pool5", c5, pool2_size)):
-        cases.append(
-            OpCase(
-                name,
-                "max_pool2d",
-                shapes=((batch, channels, size, size),),
-                needs_grad=(True,),
-                ours=lambda x: at.max_pool2d(x, 3, 2),
-                eager=lambda x: F.max_pool2d(x, 3, 2),
-            )
-        )
-    # fc6's output (a whole-map convolution's, hence 1x1) is what AlexNet drops; a map the size of conv1's
-    # output shows the op's bandwidth.
-    for name, shape in (("dropout6", (batch, f6, 1, 1)), ("dropout-large", (batch, c1, conv1_size, conv1_size))):
-        cases.append(
-            OpCase(
-                name,
-                "dropout",
-                shapes=(shape,),
-                needs_grad=(True,),
-                ours=lambda x: at.dropout(x, DROPOUT_P, True),
-                eager=lambda x: F.dropout(x, DROPOUT_P, True),
-            )
-        )
+    lrn = ("local_response_norm", lambda x: at.local_response_norm(x, **PAPER_LRN),
+           lambda x: F.local_response_norm(x, **PAPER_LRN))  # fmt: skip
+    pool = ("max_pool2d", lambda x: at.max_pool2d(x, 3, 2), lambda x: F.max_pool2d(x, 3, 2))
+    dropout = ("dropout", lambda x: at.dropout(x, DROPOUT_P, True), lambda x: F.dropout(x, DROPOUT_P, True))
+    one_input = [
+        ("lrn1", lrn, (batch, c1, conv1_size, conv1_size)),
+        ("lrn2", lrn, (batch, c2, pool1_size, pool1_size)),
+        ("pool1", pool, (batch, c1, conv1_size, conv1_size)),
+        ("pool2", pool, (batch, c2, pool1_size, pool1_size)),
+        ("pool5", pool, (batch, c5, pool2_size, pool2_size)),
+        # fc6's output (a whole-map convolution's, hence 1x1) is what AlexNet drops; a map the size of
+        # conv1's output shows the op's bandwidth.
+        ("dropout6", dropout, (batch, f6, 1, 1)),
+        ("dropout-large", dropout, (batch, c1, conv1_size, conv1_size)),
+    ]
+    for name, (op, ours, eager), shape in one_input:
+        cases.append(OpCase(name, op, shapes=(shape,), needs_grad=(True,), ours=ours, eager=eager))
     return {case.name: case for case in cases}
 
 
@@ -183,3 +166,29 @@ def flops_per_image(mode: str, image_size: int) -> int:
         model = GroupedAlexNet(CLASSES, image_size=image_size)
     inference, training = network_flops(model, image_size)
     return inference if mode == "inference" else training
+
+
+def mixed_precision(device: torch.device, dtype: torch.dtype):
+    """Autocast to a half type, as a user trains in one; fp32 runs as it is."""
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+
+def image_batches(count: int, batch: int, image_size: int, device, channels_last: bool) -> list[tuple]:
+    """`count` batches of random images, in the memory format asked for, and their labels."""
+
+    def one():
+        images = torch.randn(batch, 3, image_size, image_size, device=device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, torch.randint(CLASSES, (batch,), device=device)
+
+    return [one() for _ in range(count)]
+
+
+def training_step(model, optimizer, autocast, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Forward, cross-entropy, backward and an optimizer step, as a training loop runs them."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+        loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
