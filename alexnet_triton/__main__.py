@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import alexnet_triton as at
+from alexnet_triton.model import DROPOUT_P, OVERLAPPING_POOL, PAPER_LRN, layer_shapes
 
 
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -46,30 +47,40 @@ def main() -> None:
     def randn(*shape):
         return torch.randn(*shape, device=device)
 
-    conv_inputs = [randn(2, 96, 13, 13), randn(256, 48, 5, 5) / (48 * 25) ** 0.5, randn(256)]
+    # AlexNet's layers with both towers in one tensor, as its grouped twin holds them; conv2 and LRN at smaller
+    # maps than the network's (27x27 and 55x55), which keeps the interpreter quick.
+    conv1, conv2, *_, fc6, _, _ = layer_shapes()
+    c1, c2, k, pad = 2 * conv1.out_channels, 2 * conv2.out_channels, conv2.kernel, conv2.layer.padding
+    side = conv2.pooled_size
+    conv_inputs = [randn(2, c1, side, side), randn(c2, c1 // 2, k, k) / (c1 // 2 * k * k) ** 0.5, randn(c2)]
     check(
-        "conv2d_relu 96->256 5x5 pad 2 groups 2, 13x13",
-        lambda x, w, b: at.conv2d_relu(x, w, b, padding=2, groups=2),
-        lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=2, groups=2)),
+        f"conv2d_relu {c1}->{c2} {k}x{k} pad {pad} groups 2, {side}x{side}",
+        lambda x, w, b: at.conv2d_relu(x, w, b, padding=pad, groups=2),
+        lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=pad, groups=2)),
         conv_inputs,
         # Where the pre-activation is within fp32 rounding of 0, ReLU's derivative is a coin toss.
-        grad_mask=lambda x, w, b: (F.conv2d(x, w, b, padding=2, groups=2).abs() > 1e-3).double(),
+        grad_mask=lambda x, w, b: (F.conv2d(x, w, b, padding=pad, groups=2).abs() > 1e-3).double(),
     )
+    side = conv1.pooled_size
     check(
-        "local_response_norm (paper: n=5 k=2), 96 x 27x27",
-        lambda x: at.local_response_norm(x, 5, 5e-4, 0.75, 2.0),
-        lambda x: F.local_response_norm(x, 5, 5e-4, 0.75, 2.0),
-        [randn(2, 96, 27, 27)],
+        f"local_response_norm (paper: n=5 k=2), {c1} x {side}x{side}",
+        lambda x: at.local_response_norm(x, **PAPER_LRN),
+        lambda x: F.local_response_norm(x, **PAPER_LRN),
+        [randn(2, c1, side, side)],
     )
+    pool_kernel, pool_stride = OVERLAPPING_POOL
+    side = conv1.output_size
     check(
-        "max_pool2d 3x3 stride 2, 96 x 55x55",
-        lambda x: at.max_pool2d(x, 3, 2),
-        lambda x: F.max_pool2d(x, 3, 2),
-        [randn(2, 96, 55, 55)],
+        f"max_pool2d {pool_kernel}x{pool_kernel} stride {pool_stride}, {c1} x {side}x{side}",
+        lambda x: at.max_pool2d(x, pool_kernel, pool_stride),
+        lambda x: F.max_pool2d(x, pool_kernel, pool_stride),
+        [randn(2, c1, side, side)],
     )
     seed = int(torch.randint(0, 2**31, ()).item())
-    dropped = at.dropout(randn(2, 4096), 0.5, seed=seed)
-    print(f"{'dropout p=0.5 on 2 x 4096':<50} dropped fraction {(dropped == 0).float().mean().item():.3f}")
+    features = 2 * fc6.out_channels
+    dropped = at.dropout(randn(2, features), DROPOUT_P, seed=seed)
+    label = f"dropout p={DROPOUT_P} on 2 x {features}"
+    print(f"{label:<50} dropped fraction {(dropped == 0).float().mean().item():.3f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from alexnet_triton.kernels import conv as conv_kernels
 from alexnet_triton.kernels import dropout as dropout_kernels
 from alexnet_triton.kernels import lrn as lrn_kernels
 from alexnet_triton.kernels import pool as pool_kernels
-from alexnet_triton.validation import check_number, check_same, check_tensor, lrn_parameters, pair
+from alexnet_triton.validation import check_number, check_pair, check_same, check_tensor, lrn_parameters
 
 # ---------------------------------------------------------------------------------------------
 # Backend selection
@@ -82,7 +82,7 @@ def _conv2d_relu_backward(
         )
     if need_weight or need_bias:
         grad_weight, bias_grad = conv_kernels.conv_relu_weight_grad(
-            grad_out, out, input, list(weight.shape), groups, stride, padding, with_bias=need_bias
+            grad_out, out, input, list(weight.shape), stride, padding, groups, with_bias=need_bias
         )
         grad_bias = grad_bias if bias_grad is None else bias_grad
     return grad_input, grad_weight, grad_bias
@@ -118,7 +118,7 @@ def _conv_padding(padding, kernel: tuple[int, int], stride: tuple[int, int]) -> 
         if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
             raise ValueError(f"padding='same' with an even kernel {kernel} pads unevenly; pass explicit padding")
         return (kernel[0] // 2, kernel[1] // 2)
-    return pair("padding", padding, minimum=0)
+    return check_pair("padding", padding, minimum=0)
 
 
 def conv2d_relu(
@@ -143,11 +143,11 @@ def conv2d_relu(
     check_tensor("weight", weight, ndims=(4,))
     if bias is not None:
         check_tensor("bias", bias, ndims=(1,))
-    if pair("dilation", dilation, minimum=1) != (1, 1):
+    if check_pair("dilation", dilation, minimum=1) != (1, 1):
         raise ValueError(f"dilation={dilation!r} is not supported by conv2d_relu; only dilation=1 is")
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
-    stride = pair("stride", stride, minimum=1)
+    stride = check_pair("stride", stride, minimum=1)
     kernel = (weight.shape[2], weight.shape[3])
     padding = _conv_padding(padding, kernel, stride)
 
@@ -305,15 +305,15 @@ def max_pool2d(
     (PyTorch saves an int64 index: 8 bytes), and no part of the input.
     """
     check_tensor("input", input, ndims=(3, 4))
-    if pair("dilation", dilation, minimum=1) != (1, 1):
+    if check_pair("dilation", dilation, minimum=1) != (1, 1):
         raise ValueError(f"dilation={dilation!r} is not supported by max_pool2d; only dilation=1 is")
     if ceil_mode:
         raise ValueError("ceil_mode=True is not supported by max_pool2d; only floor mode is")
     if return_indices:
         raise ValueError("return_indices=True is not supported by max_pool2d (it saves 1-byte window positions)")
-    kernel = pair("kernel_size", kernel_size, minimum=1)
-    stride = kernel if stride is None or stride == [] else pair("stride", stride, minimum=1)
-    padding = pair("padding", padding, minimum=0)
+    kernel = check_pair("kernel_size", kernel_size, minimum=1)
+    stride = kernel if stride is None or stride == [] else check_pair("stride", stride, minimum=1)
+    padding = check_pair("padding", padding, minimum=0)
     for axis, k, p in zip(("height", "width"), kernel, padding, strict=True):
         if p > k // 2:
             raise ValueError(f"padding {p} must be at most half the kernel's {axis} {k}")

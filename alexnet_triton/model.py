@@ -4,19 +4,8 @@ Two towers, one per GPU in the paper. A tower's layers 1, 2, 4 and 5 read only t
 layer 3 and the fully-connected layers 6, 7 and 8 read both towers', through an explicit exchange that
 copies the other tower's features across (a no-op copy when both live on one device).
 
-    per tower                                   shape per tower at 227x227 (N = batch)
-    conv1  48 @ 11x11 stride 4, ReLU, LRN, pool   N x  48 x 27 x 27      reads the whole image
-    conv2 128 @ 5x5 pad 2,     ReLU, LRN, pool    N x 128 x 13 x 13      own tower
-    -- exchange --
-    conv3 192 @ 3x3 pad 1,     ReLU               N x 192 x 13 x 13      both towers
-    conv4 192 @ 3x3 pad 1,     ReLU               N x 192 x 13 x 13      own tower
-    conv5 128 @ 3x3 pad 1,     ReLU, pool         N x 128 x  6 x  6      own tower
-    -- exchange --
-    fc6  2048, ReLU, dropout                      N x 2048               both towers
-    -- exchange --
-    fc7  2048, ReLU, dropout                      N x 2048               both towers
-    -- exchange --
-    fc8  half of the classes                      N x classes / 2        both towers; halves joined
+`LAYERS` below is the network, one row per layer: everything else (the towers here, the plain-torch
+twin, the benchmarks' shapes, the tests' shapes and compile specs) is derived from it.
 
 fc6 and fc7 are written as convolutions whose kernel covers the whole feature map (6x6, then 1x1):
 the same arithmetic as a linear layer on the flattened map, and it lets bias and ReLU fuse into the
@@ -25,82 +14,161 @@ PyTorch's convention (alpha divided by n) is alpha=5e-4.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from alexnet_triton import nn as fused
+from alexnet_triton.kernels._common import output_size
 
-# Per-tower widths of the two-tower net (figure 2): conv1..conv5, fc6, fc7.
-TOWER_WIDTHS = (48, 128, 192, 192, 128, 2048, 2048)
-# "The net with half as many kernels in each convolutional layer trained on one GPU" (section 3.2),
-# whose footnote keeps the last conv layer and the fully-connected layers at full size.
-ONE_TOWER_WIDTHS = (48, 128, 192, 192, 256, 4096, 4096)
-
+# Section 3.3, in PyTorch's convention (alpha divided by size).
 PAPER_LRN = {"size": 5, "alpha": 5e-4, "beta": 0.75, "k": 2.0}
+# Section 3.4: (kernel, stride) of the overlapping pool, and of the non-overlapping one it is compared with.
+OVERLAPPING_POOL = (3, 2)
+NON_OVERLAPPING_POOL = (2, 2)
+# Section 4.2.
+DROPOUT_P = 0.5
 
 
-def feature_map_sizes(image_size: int, overlapping_pool: bool = True) -> tuple[int, int, int]:
-    """Spatial size after pool1, pool2 and pool5 for a square input."""
-    kernel, stride = (3, 2) if overlapping_pool else (2, 2)
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a tower and what follows it. Every layer but fc8 is a convolution with ReLU (fc6 and
+    fc7 too, see above); fc8 is a linear layer that gives the tower's share of the logits."""
 
-    def pool(size: int) -> int:
-        return (size - kernel) // stride + 1
+    name: str  # the tower's attribute, hence its state_dict keys (towers.0.conv1.weight, ...)
+    width: int | None  # output channels per tower in the two-tower net; None: a share of the classes
+    one_tower_width: int | None  # in the one-GPU net of section 3.2
+    kernel: int | None  # square; None: the whole feature map it reads
+    stride: int = 1
+    padding: int = 0
+    reads: Literal["image", "own tower", "both towers"] = "own tower"  # "both towers": after an exchange
+    relu: bool = True  # False: a linear layer on the flattened map, giving logits
+    lrn: bool = False  # followed by the paper's LRN (section 3.3), when the network has LRN
+    pool: bool = False  # followed by max-pool (section 3.4)
+    dropout: bool = False  # followed by dropout (section 4.2), when the network has dropout
+    paper_bias: float = 0.0  # initial bias with init="paper" (section 5)
 
-    conv1 = (image_size - 11) // 4 + 1
-    after_pool1 = pool(conv1)
-    after_pool2 = pool(after_pool1)  # conv2 keeps the size (5x5, padding 2)
-    after_pool5 = pool(after_pool2)  # conv3-5 keep it (3x3, padding 1)
-    return after_pool1, after_pool2, after_pool5
+    @property
+    def number(self) -> int:
+        """1 for conv1 ... 8 for fc8: it names the modules that follow (norm1, pool5, drop6)."""
+        return int(self.name[-1])
+
+    @property
+    def fully_connected(self) -> bool:
+        return self.name.startswith("fc")
+
+
+# The two-tower net of figure 2, per tower. "The net with half as many kernels in each convolutional
+# layer trained on one GPU" (section 3.2) keeps, per its footnote, the last conv layer and the
+# fully-connected layers at full size: one_tower_width. Comments: a tower's output for N images at
+# 227x227, N x channels x height x width, then after the pool.
+# fmt: off
+LAYERS = (
+    #     name     width  one tower  kernel
+    Layer("conv1",    48,   48,   11, stride=4, reads="image", lrn=True, pool=True),        # 48 x 55 x 55 -> 27 x 27
+    Layer("conv2",   128,  128,    5, padding=2, lrn=True, pool=True, paper_bias=1.0),      # 128 x 27 x 27 -> 13 x 13
+    Layer("conv3",   192,  192,    3, padding=1, reads="both towers"),                      # 192 x 13 x 13
+    Layer("conv4",   192,  192,    3, padding=1, paper_bias=1.0),                           # 192 x 13 x 13
+    Layer("conv5",   128,  256,    3, padding=1, pool=True, paper_bias=1.0),                # 128 x 13 x 13 -> 6 x 6
+    Layer("fc6",    2048, 4096, None, reads="both towers", dropout=True, paper_bias=1.0),   # 2048 x 1 x 1
+    Layer("fc7",    2048, 4096,    1, reads="both towers", dropout=True, paper_bias=1.0),   # 2048 x 1 x 1
+    Layer("fc8",    None, None,    1, reads="both towers", relu=False),                     # classes / 2
+)
+# fmt: on
+
+
+def pool_window(overlapping: bool) -> tuple[int, int]:
+    """(kernel, stride) of every max-pool: overlapping as in the paper, or the ablation's."""
+    return OVERLAPPING_POOL if overlapping else NON_OVERLAPPING_POOL
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A layer of one tower in a network of a given input size: what it reads and what it writes."""
+
+    layer: Layer
+    in_channels: int  # the image's 3, its own tower's previous output, or both towers' after an exchange
+    out_channels: int | None  # None: fc8, the tower's share of the classes
+    kernel: int  # fc6's covers the whole map
+    input_size: int  # side of the square map it reads
+    output_size: int  # side of its output
+    pooled_size: int  # after its pool; the output size when it has none
+
+
+def layer_shapes(image_size: int = 227, *, towers: int = 2, overlapping_pool: bool = True) -> tuple[LayerShape, ...]:
+    """Every layer's shape in a tower, in LAYERS' order, for square images of side image_size."""
+    pool_kernel, pool_stride = pool_window(overlapping_pool)
+    shapes = []
+    channels, size = 3, image_size
+    for layer in LAYERS:
+        kernel = size if layer.kernel is None else layer.kernel
+        out = output_size(size, kernel, layer.stride, layer.padding)
+        pooled = output_size(out, pool_kernel, pool_stride, 0) if layer.pool else out
+        if min(out, pooled) < 1:
+            raise ValueError(f"image_size={image_size} is too small: the feature maps vanish at {layer.name}")
+        width = layer.width if towers == 2 else layer.one_tower_width
+        in_channels = towers * channels if layer.reads == "both towers" else channels
+        shapes.append(LayerShape(layer, in_channels, width, kernel, size, out, pooled))
+        channels, size = width, pooled
+    return tuple(shapes)
+
+
+def feature_map_sizes(image_size: int, overlapping_pool: bool = True) -> tuple[int, ...]:
+    """Spatial size after each pool (pool1, pool2 and pool5) for a square input."""
+    return tuple(s.pooled_size for s in layer_shapes(image_size, overlapping_pool=overlapping_pool) if s.layer.pool)
+
+
+def _stages() -> tuple[tuple[Layer, ...], ...]:
+    """LAYERS cut into the runs between exchanges: a stage starts at each layer that reads both towers."""
+    stages: list[list[Layer]] = []
+    for layer in LAYERS:
+        if not stages or layer.reads == "both towers":
+            stages.append([])
+        stages[-1].append(layer)
+    return tuple(tuple(stage) for stage in stages)
+
+
+# (conv1, conv2), (conv3, conv4, conv5), (fc6,), (fc7,), (fc8,)
+STAGES = _stages()
 
 
 class Tower(nn.Module):
-    """One tower's layers. Those of layers 3 and 6-8 take both towers' features as input."""
+    """One tower's layers, one per row of LAYERS (conv1 ... fc8), each followed by the modules its row
+    names: normN (LRN, or nn.Identity without LRN), poolN, dropN (dropout, or nn.Identity without)."""
 
-    def __init__(
-        self, widths: Sequence[int], towers: int, classes: int, pool5_size: int, lrn: bool, overlapping_pool: bool
-    ):
+    def __init__(self, shapes: Sequence[LayerShape], classes: int, *, lrn: bool, overlapping_pool: bool, dropout: bool):
         super().__init__()
-        c1, c2, c3, c4, c5, f6, f7 = widths
-        pool_kernel, pool_stride = (3, 2) if overlapping_pool else (2, 2)
-
-        def norm() -> nn.Module:
-            return fused.LocalResponseNorm(**PAPER_LRN) if lrn else nn.Identity()
-
-        self.conv1 = fused.Conv2dReLU(3, c1, 11, stride=4)
-        self.norm1, self.pool1 = norm(), fused.MaxPool2d(pool_kernel, pool_stride)
-        self.conv2 = fused.Conv2dReLU(c1, c2, 5, padding=2)
-        self.norm2, self.pool2 = norm(), fused.MaxPool2d(pool_kernel, pool_stride)
-        self.conv3 = fused.Conv2dReLU(towers * c2, c3, 3, padding=1)
-        self.conv4 = fused.Conv2dReLU(c3, c4, 3, padding=1)
-        self.conv5 = fused.Conv2dReLU(c4, c5, 3, padding=1)
-        self.pool5 = fused.MaxPool2d(pool_kernel, pool_stride)
-        self.fc6 = fused.Conv2dReLU(towers * c5, f6, pool5_size)
-        self.drop6 = fused.Dropout(0.5)
-        self.fc7 = fused.Conv2dReLU(towers * f6, f7, 1)
-        self.drop7 = fused.Dropout(0.5)
-        self.fc8 = nn.Linear(towers * f7, classes)
+        pool_kernel, pool_stride = pool_window(overlapping_pool)
+        for shape in shapes:
+            layer = shape.layer
+            if layer.relu:
+                main = fused.Conv2dReLU(
+                    shape.in_channels, shape.out_channels, shape.kernel, stride=layer.stride, padding=layer.padding
+                )
+            else:
+                main = nn.Linear(shape.in_channels * shape.input_size**2, classes)
+            self.add_module(layer.name, main)
+            if layer.lrn:
+                self.add_module(f"norm{layer.number}", fused.LocalResponseNorm(**PAPER_LRN) if lrn else nn.Identity())
+            if layer.pool:
+                self.add_module(f"pool{layer.number}", fused.MaxPool2d(pool_kernel, pool_stride))
+            if layer.dropout:
+                self.add_module(f"drop{layer.number}", fused.Dropout(DROPOUT_P) if dropout else nn.Identity())
 
     @property
     def device(self) -> torch.device:
         return self.conv1.weight.device
 
-    # Each stage is the run of layers between two exchanges.
-    def layers_1_2(self, image: Tensor) -> Tensor:
-        x = self.pool1(self.norm1(self.conv1(image)))
-        return self.pool2(self.norm2(self.conv2(x)))
-
-    def layers_3_5(self, both: Tensor) -> Tensor:
-        return self.pool5(self.conv5(self.conv4(self.conv3(both))))
-
-    def layer_6(self, both: Tensor) -> Tensor:
-        return self.drop6(self.fc6(both))
-
-    def layer_7(self, both: Tensor) -> Tensor:
-        return self.drop7(self.fc7(both))
-
-    def layer_8(self, both: Tensor) -> Tensor:
-        return self.fc8(both.flatten(1))
+    def run(self, stage: Sequence[Layer], x: Tensor) -> Tensor:
+        """One stage (a run of layers between two exchanges), each layer with what follows it."""
+        for layer in stage:
+            x = getattr(self, layer.name)(x if layer.relu else x.flatten(1))
+            for follower, present in (("norm", layer.lrn), ("pool", layer.pool), ("drop", layer.dropout)):
+                if present:
+                    x = getattr(self, f"{follower}{layer.number}")(x)
+        return x
 
 
 class AlexNet(nn.Module):
@@ -114,7 +182,7 @@ class AlexNet(nn.Module):
     lrn, overlapping_pool, dropout, towers: the paper's ablations, defaults as in the paper. lrn=False
         drops both LRN layers (section 3.3); overlapping_pool=False pools 2x2 with stride 2 instead of
         3x3 with stride 2 (section 3.4); dropout=False removes dropout (section 4.2); towers=1 is the
-        one-GPU net with half as many kernels (section 3.2, ONE_TOWER_WIDTHS).
+        one-GPU net with half as many kernels (section 3.2, LAYERS' one_tower_width).
     tower_streams: on a single CUDA device, run the two towers' tower-local layers on two CUDA streams
         so that their kernels can overlap. Off by default; bench/ measures whether it pays.
     init: "paper" (section 5: N(0, 0.01) weights, some biases 1; made for centered raw pixel values,
@@ -144,22 +212,16 @@ class AlexNet(nn.Module):
             raise ValueError(
                 f"num_classes must be an int >= {towers} (a class per tower at least), got {num_classes!r}"
             )
-        pool5_size = feature_map_sizes(image_size, overlapping_pool)[2]
-        if pool5_size < 1:
-            raise ValueError(f"image_size={image_size} is too small: the feature maps vanish before fc6")
+        shapes = layer_shapes(image_size, towers=towers, overlapping_pool=overlapping_pool)
         self.image_size = image_size
         self.num_classes = num_classes
         self.tower_streams = tower_streams
 
-        widths = TOWER_WIDTHS if towers == 2 else ONE_TOWER_WIDTHS
         # fc8's classes split between the towers: the first takes the extra one when num_classes is odd.
         splits = [num_classes - num_classes // 2, num_classes // 2] if towers == 2 else [num_classes]
         self.towers = nn.ModuleList(
-            Tower(widths, towers, classes, pool5_size, lrn, overlapping_pool) for classes in splits
+            Tower(shapes, classes, lrn=lrn, overlapping_pool=overlapping_pool, dropout=dropout) for classes in splits
         )
-        if not dropout:
-            for tower in self.towers:
-                tower.drop6, tower.drop7 = nn.Identity(), nn.Identity()
         self._initialize(init)
         if devices is not None:
             self.place(devices)
@@ -167,17 +229,16 @@ class AlexNet(nn.Module):
     def _initialize(self, init: str) -> None:
         """ "paper", section 5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden fc
         layers ("accelerates the early stages of learning by providing the ReLUs with positive
-        inputs"), 0 elsewhere. "kaiming": N(0, 2 / fan_in) weights, zero biases."""
+        inputs"), 0 elsewhere (LAYERS' paper_bias). "kaiming": N(0, 2 / fan_in) weights, zero biases."""
         for tower in self.towers:
-            for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
-                layer = getattr(tower, name)
+            for layer in LAYERS:
+                module = getattr(tower, layer.name)
                 if init == "paper":
-                    nn.init.normal_(layer.weight, mean=0.0, std=0.01)
-                    bias = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+                    nn.init.normal_(module.weight, mean=0.0, std=0.01)
+                    nn.init.constant_(module.bias, layer.paper_bias)
                 else:
-                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-                    bias = 0.0
-                nn.init.constant_(layer.bias, bias)
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                    nn.init.zeros_(module.bias)
 
     def place(self, devices: Sequence[str | torch.device]) -> "AlexNet":
         """Put tower i on devices[i] (one device per tower); returns self."""
@@ -198,17 +259,17 @@ class AlexNet(nn.Module):
             return features
         return [torch.cat([f.to(tower.device, non_blocking=True) for f in features], dim=1) for tower in self.towers]
 
-    def _each_tower(self, stage: str, inputs: list[Tensor]) -> list[Tensor]:
+    def _each_tower(self, stage: tuple[Layer, ...], inputs: list[Tensor]) -> list[Tensor]:
         """Run one stage on every tower; on one GPU with tower_streams, each tower on its own stream."""
         if not self._use_streams(inputs):
-            return [getattr(tower, stage)(x) for tower, x in zip(self.towers, inputs, strict=True)]
+            return [tower.run(stage, x) for tower, x in zip(self.towers, inputs, strict=True)]
         main = torch.cuda.current_stream(inputs[0].device)
         outputs = []
         for stream, tower, x in zip(self._streams(inputs[0].device), self.towers, inputs, strict=True):
             stream.wait_stream(main)  # x was made on the main stream
             x.record_stream(stream)  # keep x's memory until the side stream is done with it
             with torch.cuda.stream(stream):
-                outputs.append(getattr(tower, stage)(x))
+                outputs.append(tower.run(stage, x))
         for stream, y in zip(self._streams(inputs[0].device), outputs, strict=True):
             main.wait_stream(stream)
             y.record_stream(main)  # y is read on the main stream from here on
@@ -238,11 +299,10 @@ class AlexNet(nn.Module):
                 f"images are {tuple(images.shape[-2:])} but this AlexNet was built for image_size={self.image_size}"
             )
         x = [images.to(tower.device, non_blocking=True) for tower in self.towers]
-        x = self._each_tower("layers_1_2", x)
-        x = self._each_tower("layers_3_5", self.exchange(x))
-        x = self._each_tower("layer_6", self.exchange(x))
-        x = self._each_tower("layer_7", self.exchange(x))
-        x = self._each_tower("layer_8", self.exchange(x))
+        for stage in STAGES:  # conv1-2 | exchange, conv3-5 | exchange, fc6 | exchange, fc7 | exchange, fc8
+            if stage[0].reads == "both towers":
+                x = self.exchange(x)
+            x = self._each_tower(stage, x)
         return torch.cat([logits.to(self.devices[0], non_blocking=True) for logits in x], dim=1)
 
 

@@ -4,13 +4,15 @@
 Given the same weights it computes exactly what ``AlexNet`` computes: the tests use it to check the
 towers, placement and exchange, and the benchmarks use it as the eager PyTorch baseline. LRN too stays
 within a tower (each GPU normalizes over its own kernel maps), so the twin normalizes each half of the
-channels on its own.
+channels on its own. Built from the same table as the towers, ``model.LAYERS``.
 """
 
 import torch
 from torch import nn
 
-from alexnet_triton.model import PAPER_LRN, TOWER_WIDTHS, AlexNet, feature_map_sizes
+from alexnet_triton.model import DROPOUT_P, LAYERS, PAPER_LRN, AlexNet, layer_shapes, pool_window
+
+TOWERS = 2
 
 
 class GroupedLocalResponseNorm(nn.Module):
@@ -26,6 +28,9 @@ class GroupedLocalResponseNorm(nn.Module):
 
 
 class GroupedAlexNet(nn.Module):
+    """features: conv1-conv5 with their ReLU, LRN and pools; classifier: fc6-fc8 as nn.Linear layers on the
+    flattened map, with their ReLU and dropout. Both towers' channels in one tensor, the first tower's first."""
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -36,29 +41,32 @@ class GroupedAlexNet(nn.Module):
         dropout: bool = True,
     ):
         super().__init__()
-        c1, c2, c3, c4, c5, f6, f7 = (2 * w for w in TOWER_WIDTHS)
-        pool5 = feature_map_sizes(image_size, overlapping_pool)[2]
-        pool_kernel, pool_stride = (3, 2) if overlapping_pool else (2, 2)
-
-        def norm() -> nn.Module:
-            return GroupedLocalResponseNorm(2, **PAPER_LRN) if lrn else nn.Identity()
-
-        def drop() -> nn.Module:
-            return nn.Dropout(0.5) if dropout else nn.Identity()
-
-        self.features = nn.Sequential(
-            nn.Conv2d(3, c1, 11, stride=4), nn.ReLU(), norm(), nn.MaxPool2d(pool_kernel, pool_stride),
-            nn.Conv2d(c1, c2, 5, padding=2, groups=2), nn.ReLU(), norm(), nn.MaxPool2d(pool_kernel, pool_stride),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c3, c4, 3, padding=1, groups=2), nn.ReLU(),
-            nn.Conv2d(c4, c5, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(pool_kernel, pool_stride),
-        )  # fmt: skip
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(c5 * pool5 * pool5, f6), nn.ReLU(), drop(),
-            nn.Linear(f6, f7), nn.ReLU(), drop(),
-            nn.Linear(f7, num_classes),
-        )  # fmt: skip
+        pool_kernel, pool_stride = pool_window(overlapping_pool)
+        features: list[nn.Module] = []
+        classifier: list[nn.Module] = [nn.Flatten()]
+        for shape in layer_shapes(image_size, towers=TOWERS, overlapping_pool=overlapping_pool):
+            layer = shape.layer
+            # A layer that reads its own tower is one convolution whose groups are the towers.
+            groups = TOWERS if layer.reads == "own tower" else 1
+            in_channels = groups * shape.in_channels
+            out_channels = num_classes if shape.out_channels is None else TOWERS * shape.out_channels
+            if layer.fully_connected:
+                stack = classifier
+                main = nn.Linear(in_channels * shape.input_size**2, out_channels)
+            else:
+                stack = features
+                main = nn.Conv2d(in_channels, out_channels, shape.kernel, layer.stride, layer.padding, groups=groups)
+            stack.append(main)
+            if layer.relu:
+                stack.append(nn.ReLU())
+            if layer.lrn:
+                stack.append(GroupedLocalResponseNorm(TOWERS, **PAPER_LRN) if lrn else nn.Identity())
+            if layer.pool:
+                stack.append(nn.MaxPool2d(pool_kernel, pool_stride))
+            if layer.dropout:
+                stack.append(nn.Dropout(DROPOUT_P) if dropout else nn.Identity())
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(*classifier)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(images))
@@ -66,22 +74,21 @@ class GroupedAlexNet(nn.Module):
     @classmethod
     def from_towers(cls, model: AlexNet) -> "GroupedAlexNet":
         """A twin of a two-tower AlexNet holding copies of its weights, on the first tower's device."""
-        if len(model.towers) != 2:
+        if len(model.towers) != TOWERS:
             raise ValueError("the grouped twin exists for the two-tower network only")
         first = model.towers[0]
         twin = cls(
             model.num_classes,
             image_size=model.image_size,
             lrn=not isinstance(first.norm1, nn.Identity),
-            overlapping_pool=first.pool1.kernel_size == 3,
+            overlapping_pool=(first.pool1.kernel_size, first.pool1.stride) == pool_window(overlapping=True),
             dropout=not isinstance(first.drop6, nn.Identity),
         ).to(model.devices[0])
         layers = [layer for layer in [*twin.features, *twin.classifier] if isinstance(layer, (nn.Conv2d, nn.Linear))]
-        names = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
         with torch.no_grad():
-            for name, layer in zip(names, layers, strict=True):
+            for table_row, layer in zip(LAYERS, layers, strict=True):
                 # Each tower holds a block of output units; stacking them gives the grouped layer.
-                halves = [getattr(tower, name) for tower in model.towers]
+                halves = [getattr(tower, table_row.name) for tower in model.towers]
                 weight = torch.cat([h.weight.to(layer.weight.device) for h in halves])
                 layer.weight.copy_(weight.reshape(layer.weight.shape))
                 layer.bias.copy_(torch.cat([h.bias.to(layer.bias.device) for h in halves]))

@@ -43,7 +43,7 @@ def lrn_parameters(size, alpha, beta, k) -> tuple[int, float, float, float]:
     return size, check_number("alpha", alpha), check_number("beta", beta), check_number("k", k)
 
 
-def pair(name: str, value, *, minimum: int) -> tuple[int, int]:
+def check_pair(name: str, value, *, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a (height, width) tuple."""
     items = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, Sequence) else None
     if items is None or len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):

@@ -14,7 +14,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-IMPLEMENTATIONS = ("ours", "eager", "compile")
+from bench.implementations import IMPLEMENTATIONS
+
 OPS = ("conv2d_relu", "local_response_norm", "max_pool2d", "dropout")
 
 
@@ -86,8 +87,8 @@ def peak_memory(result: dict) -> str:
     return fmt_bytes(result["peak_memory_bytes"])
 
 
-def pair(results: dict[str, dict], field: str) -> str:
-    """Ours and eager's byte counts of one field."""
+def ours_and_eager_bytes(results: dict[str, dict], field: str) -> str:
+    """Ours and eager's byte counts of one field, as "ours / eager"."""
     return " / ".join(each(results, ("ours", "eager"), lambda result: fmt_bytes(result[field])))
 
 
@@ -134,7 +135,8 @@ def op_table(rows: dict[tuple, dict]) -> list[str]:
             f"| {op} | {layer} | {direction} | {dtype} | {memory_format} | {times}"
             f" | {fmt_ratio(speedup(results, 'eager'))} | {fmt_ratio(speedup(results, 'compile'))}"
             f" | {fmt_ratio(speedup(results, 'eager', 'wall_median_s'))} | {rate} | {of_roofline}"
-            f" | {pair(results, 'saved_bytes')} | {pair(results, 'peak_memory_bytes')} |"
+            f" | {ours_and_eager_bytes(results, 'saved_bytes')}"
+            f" | {ours_and_eager_bytes(results, 'peak_memory_bytes')} |"
         )
     return lines
 

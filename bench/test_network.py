@@ -7,8 +7,9 @@ import torch
 
 import alexnet_triton as at
 from alexnet_triton.twin import GroupedAlexNet
+from bench.implementations import IMPLEMENTATIONS
 from bench.timing import peak_memory, roofline, rotating, rotation, run_benchmark
-from bench.workloads import CLASSES, IMPLEMENTATIONS, flops_per_image, image_batches, mixed_precision, training_step
+from bench.workloads import CLASSES, flops_per_image, image_batches, mixed_precision, training_step
 
 MODES = ("inference", "training")
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from bench.implementations import IMPLEMENTATIONS
 from bench.timing import peak_memory, roofline, rotating, rotation, run_benchmark, saved_for_backward
 from bench.workloads import (
     DIRECTIONS,
-    IMPLEMENTATIONS,
     alexnet_cases,
     byte_count,
     flop_count,

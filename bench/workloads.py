@@ -1,7 +1,8 @@
 """What the benchmarks time: each op at AlexNet's own layer shapes, written three ways (ours, eager PyTorch,
 and torch.compile of that eager code), with the work it does counted from the shapes.
 
-Shapes are per tower, as `at.AlexNet` runs them: conv3 reads both towers' maps, every other conv one tower's.
+Shapes are per tower, as `at.AlexNet` runs them (conv3 reads both towers' maps, every other conv one tower's),
+derived from its table of layers, `alexnet_triton.model.LAYERS`.
 """
 
 import contextlib
@@ -14,12 +15,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import alexnet_triton as at
-from alexnet_triton.model import PAPER_LRN, TOWER_WIDTHS, feature_map_sizes
+from alexnet_triton.model import DROPOUT_P, OVERLAPPING_POOL, PAPER_LRN, LayerShape, layer_shapes
 from alexnet_triton.twin import GroupedAlexNet
+from bench.implementations import IMPLEMENTATIONS
 
-IMPLEMENTATIONS = ("ours", "eager", "compile")
 DIRECTIONS = ("forward", "forward+backward")
-DROPOUT_P = 0.5
 CLASSES = 1000  # of the whole network
 
 
@@ -35,13 +35,17 @@ class OpCase:
     eager: Callable[..., torch.Tensor]
 
 
-def conv_case(name: str, batch: int, in_channels: int, size: int, out_channels: int, kernel: int, *, stride=1,
-              padding=0, input_grad=True) -> OpCase:  # fmt: skip
+def conv_case(shape: LayerShape, batch: int) -> OpCase:
+    """One of AlexNet's conv layers, per tower, at a batch size."""
+    layer, stride, padding = shape.layer, shape.layer.stride, shape.layer.padding
+    image = (batch, shape.in_channels, shape.input_size, shape.input_size)
+    weight = (shape.out_channels, shape.in_channels, shape.kernel, shape.kernel)
     return OpCase(
-        name,
+        layer.name,
         "conv2d_relu",
-        shapes=((batch, in_channels, size, size), (out_channels, in_channels, kernel, kernel), (out_channels,)),
-        needs_grad=(input_grad, True, True),
+        shapes=(image, weight, (shape.out_channels,)),
+        # The image needs no gradient: conv1's backward computes weight and bias gradients only.
+        needs_grad=(layer.reads != "image", True, True),
         ours=lambda x, w, b: at.conv2d_relu(x, w, b, stride, padding),
         eager=lambda x, w, b: F.relu(F.conv2d(x, w, b, stride, padding)),
     )
@@ -49,31 +53,28 @@ def conv_case(name: str, batch: int, in_channels: int, size: int, out_channels: 
 
 def alexnet_cases(batch: int, image_size: int) -> dict[str, OpCase]:
     """Every op of one AlexNet tower, by layer, at the given batch and input size."""
-    c1, c2, c3, c4, c5, f6, _ = TOWER_WIDTHS
-    conv1_size = (image_size - 11) // 4 + 1
-    pool1_size, pool2_size, _ = feature_map_sizes(image_size)
-    cases = [
-        # The image needs no gradient: conv1's backward computes weight and bias gradients only.
-        conv_case("conv1", batch, 3, image_size, c1, 11, stride=4, input_grad=False),
-        conv_case("conv2", batch, c1, pool1_size, c2, 5, padding=2),
-        conv_case("conv3", batch, 2 * c2, pool2_size, c3, 3, padding=1),
-        conv_case("conv4", batch, c3, pool2_size, c4, 3, padding=1),
-        conv_case("conv5", batch, c4, pool2_size, c5, 3, padding=1),
-    ]
+    shapes = layer_shapes(image_size)
+    # fc6 and fc7, matrix products, are timed with the network.
+    cases = [conv_case(shape, batch) for shape in shapes if not shape.layer.fully_connected]
+
+    def output_of(shape: LayerShape) -> tuple[int, ...]:
+        """A layer's output, before its pool: what its LRN and its pool read."""
+        return (batch, shape.out_channels, shape.output_size, shape.output_size)
+
+    pool_kernel, pool_stride = OVERLAPPING_POOL
     lrn = ("local_response_norm", lambda x: at.local_response_norm(x, **PAPER_LRN),
            lambda x: F.local_response_norm(x, **PAPER_LRN))  # fmt: skip
-    pool = ("max_pool2d", lambda x: at.max_pool2d(x, 3, 2), lambda x: F.max_pool2d(x, 3, 2))
+    pool = ("max_pool2d", lambda x: at.max_pool2d(x, pool_kernel, pool_stride),
+            lambda x: F.max_pool2d(x, pool_kernel, pool_stride))  # fmt: skip
     dropout = ("dropout", lambda x: at.dropout(x, DROPOUT_P, True), lambda x: F.dropout(x, DROPOUT_P, True))
+    # fc6's output (a whole-map convolution's, hence 1x1) is what AlexNet drops; fc7's has the same shape.
+    first_dropout = next(shape for shape in shapes if shape.layer.dropout)
     one_input = [
-        ("lrn1", lrn, (batch, c1, conv1_size, conv1_size)),
-        ("lrn2", lrn, (batch, c2, pool1_size, pool1_size)),
-        ("pool1", pool, (batch, c1, conv1_size, conv1_size)),
-        ("pool2", pool, (batch, c2, pool1_size, pool1_size)),
-        ("pool5", pool, (batch, c5, pool2_size, pool2_size)),
-        # fc6's output (a whole-map convolution's, hence 1x1) is what AlexNet drops; a map the size of
-        # conv1's output shows the op's bandwidth.
-        ("dropout6", dropout, (batch, f6, 1, 1)),
-        ("dropout-large", dropout, (batch, c1, conv1_size, conv1_size)),
+        *((f"lrn{shape.layer.number}", lrn, output_of(shape)) for shape in shapes if shape.layer.lrn),
+        *((f"pool{shape.layer.number}", pool, output_of(shape)) for shape in shapes if shape.layer.pool),
+        (f"dropout{first_dropout.layer.number}", dropout, output_of(first_dropout)),
+        # A map the size of conv1's output shows the op's bandwidth.
+        ("dropout-large", dropout, output_of(shapes[0])),
     ]
     for name, (op, ours, eager), shape in one_input:
         cases.append(OpCase(name, op, shapes=(shape,), needs_grad=(True,), ours=ours, eager=eager))

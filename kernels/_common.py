@@ -1,4 +1,4 @@
-"""What the kernel files share: the interpreter switch, tile configs, dtype rules, allocation."""
+"""What the kernel files share: the interpreter switch, tile configs, output sizes, dtype rules, allocation."""
 
 import os
 
@@ -20,17 +20,35 @@ def tuned(gpu_configs: list[triton.Config], key: list[str], interpreter_blocks):
 
     The interpreter runs one program instance at a time in numpy, so its cost is the number of
     program instances times the ops each runs, and tiles that match the problem (a batch-2 fully
-    connected layer has 2 rows, not 128) save most of it. Nothing is benchmarked there."""
-    if not INTERPRET:
-        return triton.autotune(configs=gpu_configs, key=key)
-    names = list(gpu_configs[0].kwargs)
-    return triton.heuristics({name: (lambda args, name=name: interpreter_blocks(args)[name]) for name in names})
+    connected layer has 2 rows, not 128) save most of it. Nothing is benchmarked there.
+
+    Every name in key must be an argument of the kernel: the autotuner silently leaves out one that is
+    not, and would then reuse a config tuned for another shape or layout."""
+
+    def decorate(kernel):
+        unknown = [name for name in key if name not in kernel.arg_names]
+        if unknown:
+            raise ValueError(f"autotune key {unknown} names no argument of {kernel.fn.__name__}: {kernel.arg_names}")
+        if not INTERPRET:
+            return triton.autotune(configs=gpu_configs, key=key)(kernel)
+        names = list(gpu_configs[0].kwargs)
+        return triton.heuristics({name: (lambda args, name=name: interpreter_blocks(args)[name]) for name in names})(
+            kernel
+        )
+
+    return decorate
 
 
 def launcher(kernel):
     """kernel[grid](...) through torch.library.wrap_triton, so torch.compile can trace the launch; the
     interpreter's kernels (never compiled, and not Autotuner objects) launch directly."""
     return kernel if INTERPRET else wrap_triton(kernel)
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output positions along one axis of a convolution or pool with zero padding, in floor mode (as
+    F.conv2d, and F.max_pool2d with ceil_mode=False)."""
+    return (size + 2 * padding - kernel) // stride + 1
 
 
 def block(size: int, low: int, high: int) -> int:

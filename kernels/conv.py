@@ -36,15 +36,15 @@ _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=5),
 ]
-# Under the interpreter: one config, tiles big enough that the small test shapes need few programs.
+# The autotune key: the GEMM's shape, plus (at each kernel) the channel stride of the operand read by
+# pixel, which tells NCHW from channels_last, whose loads coalesce along other axes and so want other tiles.
 _KEY = ["GEMM_M", "GEMM_N", "GEMM_K"]
-# Plus the channel stride of the operand read by pixel: it tells NCHW from channels_last, whose loads
-# coalesce along other axes and so want other tiles.
 
 
 def _interpreter_blocks(args: dict) -> dict:
-    """Tiles that fit the GEMM (tl.dot needs 16 at least), operand tiles of up to 256k elements: each
-    interpreted op costs about as much as numpy work on 50k elements, so fewer, larger tiles win."""
+    """Under the interpreter, where nothing is tuned: tiles that fit the GEMM (tl.dot needs 16 at least),
+    operand tiles of up to 256k elements: each interpreted op costs about as much as numpy work on 50k
+    elements, so fewer, larger tiles win."""
     block_m = _common.block(args["GEMM_M"], 16, 512)
     block_n = _common.block(args["GEMM_N"], 16, 512)
     block_k = _common.block(args.get("PIXELS_PER_SPLIT", args["GEMM_K"]), 16, 2**18 // max(block_m, block_n))
@@ -64,19 +64,19 @@ _MIN_PIXELS_PER_SPLIT = 2048
 # ---------------------------------------------------------------------------------------------
 
 
-@_common.tuned(_GPU_CONFIGS, [*_KEY, "sx_c"], _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, [*_KEY, "stride_x_c"], _interpreter_blocks)
 @triton.jit
 def _conv_fwd_kernel(
     # pointers
-    x_ptr, w_ptr, b_ptr, out_ptr,
+    x_ptr, weight_ptr, bias_ptr, out_ptr,
     # sizes: GEMM_M = N*OH*OW, GEMM_N = Cout_g, GEMM_K = Cin_g*KH*KW
     GEMM_M, GEMM_N, GEMM_K, C_in_g, H, W, OH, OW, KW,
     # convolution
-    stride_h, stride_w, pad_h, pad_w,
+    conv_stride_h, conv_stride_w, pad_h, pad_w,
     # strides
-    sx_n, sx_c, sx_h, sx_w,
-    sw_o, sw_i, sw_h, sw_w,
-    so_n, so_c, so_h, so_w,
+    stride_x_n, stride_x_c, stride_x_h, stride_x_w,
+    stride_weight_cout, stride_weight_cin, stride_weight_kh, stride_weight_kw,
+    stride_out_n, stride_out_c, stride_out_h, stride_out_w,
     # meta-parameters
     HAS_BIAS: tl.constexpr, TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -97,11 +97,11 @@ def _conv_fwd_kernel(
     ow = offs_m % OW
     oh = (offs_m // OW) % OH
     n = offs_m // (OW * OH)
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
-    x_rows = x_ptr + n.to(tl.int64) * sx_n + (group * C_in_g).to(tl.int64) * sx_c  # [BLOCK_M]
+    ih0 = oh * conv_stride_h - pad_h
+    iw0 = ow * conv_stride_w - pad_w
+    x_rows = x_ptr + n.to(tl.int64) * stride_x_n + (group * C_in_g).to(tl.int64) * stride_x_c  # [BLOCK_M]
     co = group * GEMM_N + offs_n
-    w_cols = w_ptr + co.to(tl.int64) * sw_o  # [BLOCK_N]
+    weight_cols = weight_ptr + co.to(tl.int64) * stride_weight_cout  # [BLOCK_N]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for k0 in range(0, GEMM_K, BLOCK_K):
@@ -114,12 +114,12 @@ def _conv_fwd_kernel(
         iw = iw0[:, None] + kw[None, :]
         in_image = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # zero padding = masked load
         a = tl.load(
-            x_rows[:, None] + ci[None, :] * sx_c + ih * sx_h + iw * sx_w,
+            x_rows[:, None] + ci[None, :] * stride_x_c + ih * stride_x_h + iw * stride_x_w,
             mask=mask_m[:, None] & mask_k[None, :] & in_image,
             other=0.0,
         )
         b = tl.load(
-            w_cols[None, :] + (ci * sw_i + kh * sw_h + kw * sw_w)[:, None],
+            weight_cols[None, :] + (ci * stride_weight_cin + kh * stride_weight_kh + kw * stride_weight_kw)[:, None],
             mask=mask_k[:, None] & mask_n[None, :],
             other=0.0,
         )
@@ -128,31 +128,31 @@ def _conv_fwd_kernel(
     # Epilogue on the fp32 accumulator: bias, then ReLU. `acc < 0` is false for NaN, so NaN
     # propagates as in F.relu.
     if HAS_BIAS:
-        acc += tl.load(b_ptr + co, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
+        acc += tl.load(bias_ptr + co, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
     acc = tl.where(acc < 0, 0.0, acc)
 
     out_ptrs = (
         out_ptr
-        + (n.to(tl.int64) * so_n + oh * so_h + ow * so_w)[:, None]
-        + (co.to(tl.int64) * so_c)[None, :]
+        + (n.to(tl.int64) * stride_out_n + oh * stride_out_h + ow * stride_out_w)[:, None]
+        + (co.to(tl.int64) * stride_out_c)[None, :]
     )
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@_common.tuned(_GPU_CONFIGS, [*_KEY, "sg_c"], _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, [*_KEY, "stride_grad_c"], _interpreter_blocks)
 @triton.jit
 def _conv_dgrad_kernel(
     # pointers
-    grad_ptr, out_ptr, w_ptr, dx_ptr,
+    grad_ptr, out_ptr, weight_ptr, dx_ptr,
     # sizes: GEMM_M = N*H*W, GEMM_N = Cin_g, GEMM_K = Cout_g*KH*KW
     GEMM_M, GEMM_N, GEMM_K, C_out_g, H, W, OH, OW, KW,
     # convolution
-    stride_h, stride_w, pad_h, pad_w,
+    conv_stride_h, conv_stride_w, pad_h, pad_w,
     # strides
-    sg_n, sg_c, sg_h, sg_w,
-    so_n, so_c, so_h, so_w,
-    sw_o, sw_i, sw_h, sw_w,
-    sd_n, sd_c, sd_h, sd_w,
+    stride_grad_n, stride_grad_c, stride_grad_h, stride_grad_w,
+    stride_out_n, stride_out_c, stride_out_h, stride_out_w,
+    stride_weight_cout, stride_weight_cin, stride_weight_kh, stride_weight_kw,
+    stride_dx_n, stride_dx_c, stride_dx_h, stride_dx_w,
     # meta-parameters
     TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -176,10 +176,12 @@ def _conv_dgrad_kernel(
     ih = (offs_m // W) % H
     n = (offs_m // (W * H)).to(tl.int64)
     co_base = group * C_out_g
-    g_rows = grad_ptr + n * sg_n + co_base.to(tl.int64) * sg_c  # [BLOCK_M]
-    o_rows = out_ptr + n * so_n + co_base.to(tl.int64) * so_c
+    g_rows = grad_ptr + n * stride_grad_n + co_base.to(tl.int64) * stride_grad_c  # [BLOCK_M]
+    o_rows = out_ptr + n * stride_out_n + co_base.to(tl.int64) * stride_out_c
     ci = group * GEMM_N + offs_n
-    w_cols = w_ptr + offs_n.to(tl.int64) * sw_i + co_base.to(tl.int64) * sw_o  # [BLOCK_N]
+    weight_cols = (  # [BLOCK_N]
+        weight_ptr + offs_n.to(tl.int64) * stride_weight_cin + co_base.to(tl.int64) * stride_weight_cout
+    )
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for k0 in range(0, GEMM_K, BLOCK_K):
@@ -190,43 +192,49 @@ def _conv_dgrad_kernel(
         kh = offs_k // (C_out_g * KW)
         th = ih[:, None] + pad_h - kh[None, :]
         tw = iw[:, None] + pad_w - kw[None, :]
-        oh = th // stride_h
-        ow = tw // stride_w
+        oh = th // conv_stride_h
+        ow = tw // conv_stride_w
         hits = (
-            (th >= 0) & (tw >= 0) & (th % stride_h == 0) & (tw % stride_w == 0) & (oh < OH) & (ow < OW)
+            (th >= 0) & (tw >= 0) & (th % conv_stride_h == 0) & (tw % conv_stride_w == 0) & (oh < OH) & (ow < OW)
         )
         mask_a = mask_m[:, None] & mask_k[None, :] & hits
-        spatial_g = oh * sg_h + ow * sg_w
-        spatial_o = oh * so_h + ow * so_w
-        dy = tl.load(g_rows[:, None] + co[None, :] * sg_c + spatial_g, mask=mask_a, other=0.0)
-        y = tl.load(o_rows[:, None] + co[None, :] * so_c + spatial_o, mask=mask_a, other=0.0)
+        spatial_g = oh * stride_grad_h + ow * stride_grad_w
+        spatial_o = oh * stride_out_h + ow * stride_out_w
+        dy = tl.load(g_rows[:, None] + co[None, :] * stride_grad_c + spatial_g, mask=mask_a, other=0.0)
+        y = tl.load(o_rows[:, None] + co[None, :] * stride_out_c + spatial_o, mask=mask_a, other=0.0)
         dy = tl.where(y > 0, dy, tl.zeros_like(dy))  # ReLU backward, applied as the tile is loaded
         w = tl.load(
-            w_cols[None, :] + (co * sw_o + kh * sw_h + kw * sw_w)[:, None],
+            weight_cols[None, :]
+            + (co * stride_weight_cout + kh * stride_weight_kh + kw * stride_weight_kw)[:, None],
             mask=mask_k[:, None] & mask_n[None, :],
             other=0.0,
         )
         acc = tl.dot(dy, w, acc, input_precision="tf32" if TF32 else "ieee")
 
-    dx_ptrs = dx_ptr + (n * sd_n + ih * sd_h + iw * sd_w)[:, None] + (ci.to(tl.int64) * sd_c)[None, :]
+    dx_ptrs = (
+        dx_ptr
+        + (n * stride_dx_n + ih * stride_dx_h + iw * stride_dx_w)[:, None]
+        + (ci.to(tl.int64) * stride_dx_c)[None, :]
+    )
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@_common.tuned(_GPU_CONFIGS, [*_KEY, "PIXELS_PER_SPLIT", "sx_c"], _interpreter_blocks)
+@_common.tuned(_GPU_CONFIGS, [*_KEY, "PIXELS_PER_SPLIT", "stride_x_c"], _interpreter_blocks)
 @triton.jit
 def _conv_wgrad_kernel(
-    # pointers: dw_part is [splits, C_out, Cin_g, KH, KW] and db_part is [splits, C_out], both in ACC_DTYPE
-    grad_ptr, out_ptr, x_ptr, dw_part_ptr, db_part_ptr,
+    # pointers: partial sums, partial_dw [splits, C_out, Cin_g, KH, KW] and partial_db [splits, C_out], in ACC_DTYPE
+    grad_ptr, out_ptr, x_ptr, partial_dw_ptr, partial_db_ptr,
     # sizes: GEMM_M = Cout_g, GEMM_N = Cin_g*KH*KW, GEMM_K = N*OH*OW (split into PIXELS_PER_SPLIT chunks)
     GEMM_M, GEMM_N, GEMM_K, PIXELS_PER_SPLIT, C_in_g, H, W, OH, OW, KW,
     # convolution
-    stride_h, stride_w, pad_h, pad_w,
+    conv_stride_h, conv_stride_w, pad_h, pad_w,
     # strides
-    sg_n, sg_c, sg_h, sg_w,
-    so_n, so_c, so_h, so_w,
-    sx_n, sx_c, sx_h, sx_w,
-    sp_s, sp_o, sp_i, sp_h, sp_w,
-    sb_s, sb_o,
+    stride_grad_n, stride_grad_c, stride_grad_h, stride_grad_w,
+    stride_out_n, stride_out_c, stride_out_h, stride_out_w,
+    stride_x_n, stride_x_c, stride_x_h, stride_x_w,
+    stride_partial_dw_split, stride_partial_dw_cout, stride_partial_dw_cin,
+    stride_partial_dw_kh, stride_partial_dw_kw,
+    stride_partial_db_split, stride_partial_db_cout,
     # meta-parameters
     HAS_BIAS: tl.constexpr, TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -247,9 +255,9 @@ def _conv_wgrad_kernel(
     ci = offs_n % C_in_g
     kw = (offs_n // C_in_g) % KW
     kh = offs_n // (C_in_g * KW)
-    g_rows = grad_ptr + co.to(tl.int64) * sg_c  # [BLOCK_M]
-    o_rows = out_ptr + co.to(tl.int64) * so_c
-    x_cols = x_ptr + (group * C_in_g + ci).to(tl.int64) * sx_c  # [BLOCK_N]
+    g_rows = grad_ptr + co.to(tl.int64) * stride_grad_c  # [BLOCK_M]
+    o_rows = out_ptr + co.to(tl.int64) * stride_out_c
+    x_cols = x_ptr + (group * C_in_g + ci).to(tl.int64) * stride_x_c  # [BLOCK_N]
     # The bias gradient is the row sum of the same masked gradient tiles: the first column tile of
     # each row block accumulates it on the side instead of a separate pass over grad_out.
     bias_here = pid_n == 0
@@ -265,14 +273,16 @@ def _conv_wgrad_kernel(
         oh = (offs_p // OW) % OH
         n = (offs_p // (OW * OH)).to(tl.int64)
         mask_a = mask_m[:, None] & mask_p[None, :]
-        dy = tl.load(g_rows[:, None] + (n * sg_n + oh * sg_h + ow * sg_w)[None, :], mask=mask_a, other=0.0)
-        y = tl.load(o_rows[:, None] + (n * so_n + oh * so_h + ow * so_w)[None, :], mask=mask_a, other=0.0)
+        grad_offsets = n * stride_grad_n + oh * stride_grad_h + ow * stride_grad_w
+        out_offsets = n * stride_out_n + oh * stride_out_h + ow * stride_out_w
+        dy = tl.load(g_rows[:, None] + grad_offsets[None, :], mask=mask_a, other=0.0)
+        y = tl.load(o_rows[:, None] + out_offsets[None, :], mask=mask_a, other=0.0)
         dy = tl.where(y > 0, dy, tl.zeros_like(dy))  # ReLU backward, applied as the tile is loaded
-        ih = (oh * stride_h - pad_h)[:, None] + kh[None, :]
-        iw = (ow * stride_w - pad_w)[:, None] + kw[None, :]
+        ih = (oh * conv_stride_h - pad_h)[:, None] + kh[None, :]
+        iw = (ow * conv_stride_w - pad_w)[:, None] + kw[None, :]
         in_image = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x = tl.load(
-            x_cols[None, :] + (n * sx_n)[:, None] + ih * sx_h + iw * sx_w,
+            x_cols[None, :] + (n * stride_x_n)[:, None] + ih * stride_x_h + iw * stride_x_w,
             mask=mask_p[:, None] & mask_n[None, :] & in_image,
             other=0.0,
         )
@@ -282,24 +292,21 @@ def _conv_wgrad_kernel(
                 db_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
 
     dw_ptrs = (
-        dw_part_ptr
-        + split.to(tl.int64) * sp_s
-        + (co.to(tl.int64) * sp_o)[:, None]
-        + (ci * sp_i + kh * sp_h + kw * sp_w)[None, :]
+        partial_dw_ptr
+        + split.to(tl.int64) * stride_partial_dw_split
+        + (co.to(tl.int64) * stride_partial_dw_cout)[:, None]
+        + (ci * stride_partial_dw_cin + kh * stride_partial_dw_kh + kw * stride_partial_dw_kw)[None, :]
     )
     tl.store(dw_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
     if HAS_BIAS:
         if bias_here:
-            tl.store(db_part_ptr + split * sb_s + co * sb_o, db_acc, mask=mask_m)
+            db_ptrs = partial_db_ptr + split * stride_partial_db_split + co * stride_partial_db_cout
+            tl.store(db_ptrs, db_acc, mask=mask_m)
 
 
 # ---------------------------------------------------------------------------------------------
 # Host launchers
 # ---------------------------------------------------------------------------------------------
-
-
-def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def conv_relu_forward(
@@ -313,8 +320,8 @@ def conv_relu_forward(
     """relu(conv2d(x, weight, bias)) for a 4-D x; arguments already validated by the caller."""
     N, C_in, H, W = x.shape
     C_out, C_in_g, KH, KW = weight.shape
-    OH = output_size(H, KH, stride[0], padding[0])
-    OW = output_size(W, KW, stride[1], padding[1])
+    OH = _common.output_size(H, KH, stride[0], padding[0])
+    OW = _common.output_size(W, KW, stride[1], padding[1])
     C_out_g = C_out // groups
     out = _common.empty((N, C_out, OH, OW), like=x, memory_format=_common.suggest_memory_format(x))
     gemm_m, gemm_k = N * OH * OW, C_in_g * KH * KW
@@ -383,9 +390,9 @@ def conv_relu_weight_grad(
     out: torch.Tensor,
     x: torch.Tensor,
     weight_shape: list[int],
-    groups: int,
     stride: tuple[int, int],
     padding: tuple[int, int],
+    groups: int,
     with_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of relu(conv2d(x, weight, bias)) with respect to weight and (if with_bias) bias."""
@@ -397,20 +404,20 @@ def conv_relu_weight_grad(
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     splits = _wgrad_splits(gemm_k, triton.cdiv(C_out_g, 64) * triton.cdiv(gemm_n, 64) * groups, x.device)
     pixels_per_split = triton.cdiv(gemm_k, splits)
-    dw_part = _common.empty((splits, C_out, C_in_g, KH, KW), like=x, dtype=acc_dtype)
-    db_part = _common.empty((splits, C_out), like=x, dtype=acc_dtype) if with_bias else dw_part
+    partial_dw = _common.empty((splits, C_out, C_in_g, KH, KW), like=x, dtype=acc_dtype)
+    partial_db = _common.empty((splits, C_out), like=x, dtype=acc_dtype) if with_bias else partial_dw
 
     def grid(meta):
         return (triton.cdiv(C_out_g, meta["BLOCK_M"]) * triton.cdiv(gemm_n, meta["BLOCK_N"]), splits, groups)
 
     _common.launcher(_conv_wgrad_kernel)[grid](
-        grad_out, out, x, dw_part, db_part,
+        grad_out, out, x, partial_dw, partial_db,
         C_out_g, gemm_n, gemm_k, pixels_per_split, C_in_g, H, W, OH, OW, KW,
         stride[0], stride[1], padding[0], padding[1],
-        *grad_out.stride(), *out.stride(), *x.stride(), *dw_part.stride(), db_part.stride(0), db_part.stride(1),
+        *grad_out.stride(), *out.stride(), *x.stride(), *partial_dw.stride(), *partial_db.stride()[:2],
         HAS_BIAS=with_bias,
         TF32=_common.use_tf32(x.dtype),
     )
-    dw = dw_part.sum(0).to(x.dtype)
-    db = db_part.sum(0).to(x.dtype) if with_bias else None
+    dw = partial_dw.sum(0).to(x.dtype)
+    db = partial_db.sum(0).to(x.dtype) if with_bias else None
     return dw, db

@@ -44,7 +44,6 @@ def _interpreter_blocks(args: dict) -> dict:
     return {"BLOCK_S": _common.block(args["P"], 16, 4096)}
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +73,8 @@ def _pow_neg(base, beta):
 # ---------------------------------------------------------------------------------------------
 
 
-@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "sx_c"], _interpreter_blocks)  # sx_c: NCHW or channels_last
+# stride_x_c in the key: it tells NCHW from channels_last.
+@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "stride_x_c"], _interpreter_blocks)
 @triton.jit
 def _lrn_fwd_kernel(
     # pointers
@@ -82,8 +82,8 @@ def _lrn_fwd_kernel(
     # sizes: C channels, P = N*H*W pixels in all
     C, P, H, W,
     # strides
-    sx_n, sx_c, sx_h, sx_w,
-    so_n, so_c, so_h, so_w,
+    stride_x_n, stride_x_c, stride_x_h, stride_x_w,
+    stride_out_n, stride_out_c, stride_out_h, stride_out_w,
     # LRN parameters
     alpha_over_size, beta, k,
     # meta-parameters
@@ -92,23 +92,24 @@ def _lrn_fwd_kernel(
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     HI: tl.constexpr = (SIZE - 1) // 2
     mask, n, h, w = _pixel_block(P, H, W, BLOCK_S)
-    x_pix = x_ptr + n * sx_n + h * sx_h + w * sx_w  # channel 0 of each pixel
-    o_pix = out_ptr + n * so_n + h * so_h + w * so_w
+    x_pix = x_ptr + n * stride_x_n + h * stride_x_h + w * stride_x_w  # channel 0 of each pixel
+    o_pix = out_ptr + n * stride_out_n + h * stride_out_h + w * stride_out_w
     slots = tl.arange(0, SIZE_P2)
 
     squares = tl.zeros((SIZE_P2, BLOCK_S), dtype=ACC_DTYPE)
     # Channel e enters the window; channel c = e - HI then has its whole window [c - lo, c + hi].
     for e in range(0, C + HI):
-        x_e = tl.load(x_pix + e * sx_c, mask=mask & (e < C), other=0.0).to(ACC_DTYPE)
+        x_e = tl.load(x_pix + e * stride_x_c, mask=mask & (e < C), other=0.0).to(ACC_DTYPE)
         squares = _ring_push(squares, slots, e % SIZE, x_e * x_e)
         c = e - HI
         scale = k + alpha_over_size * tl.sum(squares, axis=0)
-        x_c = tl.load(x_pix + c * sx_c, mask=mask & (c >= 0), other=0.0).to(ACC_DTYPE)  # cache hit
+        x_c = tl.load(x_pix + c * stride_x_c, mask=mask & (c >= 0), other=0.0).to(ACC_DTYPE)  # cache hit
         out = x_c * _pow_neg(scale, beta)
-        tl.store(o_pix + c * so_c, out.to(out_ptr.dtype.element_ty), mask=mask & (c >= 0))
+        tl.store(o_pix + c * stride_out_c, out.to(out_ptr.dtype.element_ty), mask=mask & (c >= 0))
 
 
-@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "sx_c"], _interpreter_blocks)  # sx_c: NCHW or channels_last
+# stride_x_c in the key: it tells NCHW from channels_last.
+@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "stride_x_c"], _interpreter_blocks)
 @triton.jit
 def _lrn_bwd_kernel(
     # pointers
@@ -116,9 +117,9 @@ def _lrn_bwd_kernel(
     # sizes: C channels, P = N*H*W pixels in all
     C, P, H, W,
     # strides
-    sx_n, sx_c, sx_h, sx_w,
-    sg_n, sg_c, sg_h, sg_w,
-    sd_n, sd_c, sd_h, sd_w,
+    stride_x_n, stride_x_c, stride_x_h, stride_x_w,
+    stride_grad_n, stride_grad_c, stride_grad_h, stride_grad_w,
+    stride_dx_n, stride_dx_c, stride_dx_h, stride_dx_w,
     # LRN parameters
     alpha_over_size, beta, k, two_alpha_beta_over_size,
     # meta-parameters
@@ -127,9 +128,9 @@ def _lrn_bwd_kernel(
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     HI: tl.constexpr = (SIZE - 1) // 2
     mask, n, h, w = _pixel_block(P, H, W, BLOCK_S)
-    x_pix = x_ptr + n * sx_n + h * sx_h + w * sx_w
-    g_pix = grad_ptr + n * sg_n + h * sg_h + w * sg_w
-    d_pix = dx_ptr + n * sd_n + h * sd_h + w * sd_w
+    x_pix = x_ptr + n * stride_x_n + h * stride_x_h + w * stride_x_w
+    g_pix = grad_ptr + n * stride_grad_n + h * stride_grad_h + w * stride_grad_w
+    d_pix = dx_ptr + n * stride_dx_n + h * stride_dx_h + w * stride_dx_w
     slots = tl.arange(0, SIZE_P2)
 
     squares = tl.zeros((SIZE_P2, BLOCK_S), dtype=ACC_DTYPE)  # x[j]^2, last SIZE channels entered
@@ -138,25 +139,25 @@ def _lrn_bwd_kernel(
     # Three channels in flight: e enters; c1 = e - HI gets its scale (window complete); c2 = c1 - lo
     # gets its gradient (all t[c] with c in [c2 - hi, c2 + lo] computed).
     for e in range(0, C + SIZE - 1):
-        x_e = tl.load(x_pix + e * sx_c, mask=mask & (e < C), other=0.0).to(ACC_DTYPE)
+        x_e = tl.load(x_pix + e * stride_x_c, mask=mask & (e < C), other=0.0).to(ACC_DTYPE)
         squares = _ring_push(squares, slots, e % SIZE, x_e * x_e)
 
         c1 = e - HI
         in_1 = mask & (c1 >= 0) & (c1 < C)
         scale = k + alpha_over_size * tl.sum(squares, axis=0)
         p = _pow_neg(scale, beta)
-        x_1 = tl.load(x_pix + c1 * sx_c, mask=in_1, other=0.0).to(ACC_DTYPE)  # cache hit
-        g_1 = tl.load(g_pix + c1 * sg_c, mask=in_1, other=0.0).to(ACC_DTYPE)
+        x_1 = tl.load(x_pix + c1 * stride_x_c, mask=in_1, other=0.0).to(ACC_DTYPE)  # cache hit
+        g_1 = tl.load(g_pix + c1 * stride_grad_c, mask=in_1, other=0.0).to(ACC_DTYPE)
         slot_1 = (c1 + SIZE) % SIZE  # c1 >= -HI > -SIZE
         ratios = _ring_push(ratios, slots, slot_1, tl.where(in_1, g_1 * x_1 * p / scale, 0.0))
         direct = _ring_push(direct, slots, slot_1, tl.where(in_1, g_1 * p, 0.0))
 
         c2 = e - (SIZE - 1)
         in_2 = mask & (c2 >= 0)
-        x_2 = tl.load(x_pix + c2 * sx_c, mask=in_2, other=0.0).to(ACC_DTYPE)  # cache hit
+        x_2 = tl.load(x_pix + c2 * stride_x_c, mask=in_2, other=0.0).to(ACC_DTYPE)  # cache hit
         direct_2 = tl.sum(tl.where(slots[:, None] == (c2 + SIZE) % SIZE, direct, 0.0), axis=0)
         dx = direct_2 - two_alpha_beta_over_size * x_2 * tl.sum(ratios, axis=0)
-        tl.store(d_pix + c2 * sd_c, dx.to(dx_ptr.dtype.element_ty), mask=in_2)
+        tl.store(d_pix + c2 * stride_dx_c, dx.to(dx_ptr.dtype.element_ty), mask=in_2)
 
 
 # ---------------------------------------------------------------------------------------------

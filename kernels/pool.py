@@ -78,8 +78,8 @@ def _max_pool_fwd_kernel(
     # sizes: TOTAL = N*C*OH*OW output elements
     TOTAL, C, H, W, OH, OW,
     # strides (out and pos share out's)
-    sx_n, sx_c, sx_h, sx_w,
-    so_n, so_c, so_h, so_w,
+    stride_x_n, stride_x_c, stride_x_h, stride_x_w,
+    stride_out_n, stride_out_c, stride_out_h, stride_out_w,
     # meta-parameters: the window
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
@@ -87,7 +87,7 @@ def _max_pool_fwd_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < TOTAL
     n, c, oh, ow = _unflatten(offs, C, OH, OW, CHANNELS_LAST)
-    x_base = x_ptr + n * sx_n + c * sx_c
+    x_base = x_ptr + n * stride_x_n + c * stride_x_c
     h0 = oh * SH - PH
     w0 = ow * SW - PW
 
@@ -99,7 +99,7 @@ def _max_pool_fwd_kernel(
             ih = h0 + kh
             iw = w0 + kw
             inside = mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            v = tl.load(x_base + ih * sx_h + iw * sx_w, mask=inside, other=float("-inf"))
+            v = tl.load(x_base + ih * stride_x_h + iw * stride_x_w, mask=inside, other=float("-inf"))
             # PyTorch's rule: a larger value or a NaN replaces; the first element inside the image
             # is the default, so a window of only -inf still points into the image.
             take = inside & ((v > best) | (v != v) | (found == 0))
@@ -107,7 +107,7 @@ def _max_pool_fwd_kernel(
             best_pos = tl.where(take, kh * KW + kw, best_pos)
             found = found | inside
 
-    out_offs = n * so_n + c * so_c + oh * so_h + ow * so_w
+    out_offs = n * stride_out_n + c * stride_out_c + oh * stride_out_h + ow * stride_out_w
     tl.store(out_ptr + out_offs, best, mask=mask)
     tl.store(pos_ptr + out_offs, best_pos.to(pos_ptr.dtype.element_ty), mask=mask)
 
@@ -120,9 +120,9 @@ def _max_pool_bwd_kernel(
     # sizes: TOTAL = N*C*H*W input elements
     TOTAL, C, H, W, OH, OW,
     # strides
-    sg_n, sg_c, sg_h, sg_w,
-    sp_n, sp_c, sp_h, sp_w,
-    sd_n, sd_c, sd_h, sd_w,
+    stride_grad_n, stride_grad_c, stride_grad_h, stride_grad_w,
+    stride_pos_n, stride_pos_c, stride_pos_h, stride_pos_w,
+    stride_dx_n, stride_dx_c, stride_dx_h, stride_dx_w,
     # meta-parameters: the window
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
@@ -131,8 +131,8 @@ def _max_pool_bwd_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < TOTAL
     n, c, ih, iw = _unflatten(offs, C, H, W, CHANNELS_LAST)
-    g_base = grad_ptr + n * sg_n + c * sg_c
-    p_base = pos_ptr + n * sp_n + c * sp_c
+    g_base = grad_ptr + n * stride_grad_n + c * stride_grad_c
+    p_base = pos_ptr + n * stride_pos_n + c * stride_pos_c
     # The last window (in each direction) that starts at or before this element; the ones before it
     # start SH (SW) earlier, and at most ceil(K / S) of them still reach it.
     oh_last = (ih + PH) // SH
@@ -146,22 +146,18 @@ def _max_pool_bwd_kernel(
             ow = ow_last - dw
             kw = iw + PW - ow * SW
             window = mask & (oh >= 0) & (oh < OH) & (kh < KH) & (ow >= 0) & (ow < OW) & (kw < KW)
-            pos = tl.load(p_base + oh * sp_h + ow * sp_w, mask=window, other=0).to(tl.int32)
+            pos = tl.load(p_base + oh * stride_pos_h + ow * stride_pos_w, mask=window, other=0).to(tl.int32)
             chosen = window & (pos == kh * KW + kw)
-            g = tl.load(g_base + oh * sg_h + ow * sg_w, mask=chosen, other=0.0)
+            g = tl.load(g_base + oh * stride_grad_h + ow * stride_grad_w, mask=chosen, other=0.0)
             acc += g.to(ACC_DTYPE)
 
-    tl.store(dx_ptr + n * sd_n + c * sd_c + ih * sd_h + iw * sd_w, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+    dx_offs = n * stride_dx_n + c * stride_dx_c + ih * stride_dx_h + iw * stride_dx_w
+    tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
 # Host launchers
 # ---------------------------------------------------------------------------------------------
-
-
-def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Floor mode, as F.max_pool2d with ceil_mode=False."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def _window_meta(kernel, stride, padding, channels_last: bool) -> dict:
@@ -176,8 +172,8 @@ def max_pool_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, window position of each maximum) for a 4-D x of any strides; outputs in x's layout."""
     N, C, H, W = x.shape
-    OH = output_size(H, kernel[0], stride[0], padding[0])
-    OW = output_size(W, kernel[1], stride[1], padding[1])
+    OH = _common.output_size(H, kernel[0], stride[0], padding[0])
+    OW = _common.output_size(W, kernel[1], stride[1], padding[1])
     memory_format = _common.suggest_memory_format(x)
     pos_dtype = torch.uint8 if kernel[0] * kernel[1] <= _MAX_UINT8_WINDOW else torch.int32
     out = _common.empty((N, C, OH, OW), like=x, memory_format=memory_format)

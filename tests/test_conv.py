@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from helpers import TOLERANCE, assert_close, away_from_kink, every_other, requires_cuda
 
 import alexnet_triton as at
+from alexnet_triton.model import layer_shapes
 
 
 def check_conv2d_relu(x, w, b, stride, padding, groups, tol_key, *, grad_view=None):
@@ -42,15 +43,28 @@ def randn(*shape, device, dtype=torch.float32):
     return torch.randn(*shape, device=device, dtype=dtype)
 
 
-# The five AlexNet convolutions (both towers in one tensor, groups=2 where the towers stay apart),
-# at a reduced spatial size: (C_in, C_out, kernel, stride, padding, groups, input size).
-ALEXNET_LAYERS = {
-    "conv1": (3, 96, 11, 4, 0, 1, 23),
-    "conv2": (96, 256, 5, 1, 2, 2, 7),
-    "conv3": (256, 384, 3, 1, 1, 1, 5),
-    "conv4": (384, 384, 3, 1, 1, 2, 5),
-    "conv5": (384, 256, 3, 1, 1, 2, 5),
-}
+# Each conv layer's output side in the tests: AlexNet's channels and kernels at a spatial size the
+# interpreter runs quickly (5 is prime, so no block divides it).
+TEST_OUTPUT_SIDE = 5
+
+
+def alexnet_conv_layers() -> dict[str, tuple[int, ...]]:
+    """AlexNet's five convolutions from the model's table, both towers in one tensor (groups=2 where the
+    towers stay apart), each at the input size that gives a TEST_OUTPUT_SIDE output:
+    name -> (C_in, C_out, kernel, stride, padding, groups, input size)."""
+    layers = {}
+    for shape in layer_shapes():
+        layer = shape.layer
+        if layer.fully_connected:
+            continue
+        groups = 2 if layer.reads == "own tower" else 1
+        size = (TEST_OUTPUT_SIDE - 1) * layer.stride + shape.kernel - 2 * layer.padding
+        c_in, c_out = groups * shape.in_channels, 2 * shape.out_channels
+        layers[layer.name] = (c_in, c_out, shape.kernel, layer.stride, layer.padding, groups, size)
+    return layers
+
+
+ALEXNET_LAYERS = alexnet_conv_layers()
 
 
 @pytest.mark.parametrize("layer", ALEXNET_LAYERS)
@@ -61,7 +75,8 @@ def test_alexnet_layer_shapes_match_reference(layer, precision, device):
     # Weights scaled like a trained layer's (unit-variance pre-activations); values are arbitrary.
     w = (randn(c_out, c_in // groups, k, k, device=device) / (c_in // groups * k * k) ** 0.5).to(dtype)
     b = randn(c_out, device=device, dtype=dtype)
-    check_conv2d_relu(x, w, b, stride, padding, groups, tol_key)
+    out, _ = check_conv2d_relu(x, w, b, stride, padding, groups, tol_key)
+    assert out.shape[-2:] == (TEST_OUTPUT_SIDE, TEST_OUTPUT_SIDE)
 
 
 def test_odd_sizes_rectangular_kernel_and_stride(device):

@@ -10,7 +10,7 @@ from helpers import TOLERANCE, assert_close, reference_backend_env, requires_cud
 from torch import nn
 
 import alexnet_triton as at
-from alexnet_triton.model import ONE_TOWER_WIDTHS, feature_map_sizes
+from alexnet_triton.model import LAYERS, STAGES, feature_map_sizes, layer_shapes
 from alexnet_triton.twin import GroupedAlexNet
 
 SMALL = 67  # the least image size whose maps survive to fc6 (pool5 is 1x1); keeps the interpreter quick
@@ -34,6 +34,59 @@ def test_paper_parameter_count_and_map_sizes():
     assert tower.conv4.weight.shape == (192, 192, 3, 3), "conv4 reads its own tower"
     assert tower.fc6.weight.shape == (2048, 256, 6, 6)
     assert tower.fc8.weight.shape == (500, 4096)
+
+
+def test_layer_table_gives_figure_2():
+    # Per tower at 227x227: (in channels, out channels, kernel, input side, output side, side after the pool).
+    figure_2 = {
+        "conv1": (3, 48, 11, 227, 55, 27),
+        "conv2": (48, 128, 5, 27, 27, 13),
+        "conv3": (256, 192, 3, 13, 13, 13),
+        "conv4": (192, 192, 3, 13, 13, 13),
+        "conv5": (192, 128, 3, 13, 13, 6),
+        "fc6": (256, 2048, 6, 6, 1, 1),
+        "fc7": (4096, 2048, 1, 1, 1, 1),
+        "fc8": (4096, None, 1, 1, 1, 1),
+    }
+    shapes = {
+        s.layer.name: (s.in_channels, s.out_channels, s.kernel, s.input_size, s.output_size, s.pooled_size)
+        for s in layer_shapes(227)
+    }
+    assert shapes == figure_2
+    assert [[layer.name for layer in stage] for stage in STAGES] == [
+        ["conv1", "conv2"],
+        ["conv3", "conv4", "conv5"],
+        ["fc6"],
+        ["fc7"],
+        ["fc8"],
+    ], "a stage ends before each exchange (layers 3, 6, 7 and 8)"
+
+
+def test_state_dict_keys_and_shapes():
+    # Checkpoints are loaded by these keys: they may never change.
+    expected = {}
+    for tower, classes in ((0, 500), (1, 500)):
+        expected |= {
+            f"towers.{tower}.conv1.weight": (48, 3, 11, 11),
+            f"towers.{tower}.conv1.bias": (48,),
+            f"towers.{tower}.conv2.weight": (128, 48, 5, 5),
+            f"towers.{tower}.conv2.bias": (128,),
+            f"towers.{tower}.conv3.weight": (192, 256, 3, 3),
+            f"towers.{tower}.conv3.bias": (192,),
+            f"towers.{tower}.conv4.weight": (192, 192, 3, 3),
+            f"towers.{tower}.conv4.bias": (192,),
+            f"towers.{tower}.conv5.weight": (128, 192, 3, 3),
+            f"towers.{tower}.conv5.bias": (128,),
+            f"towers.{tower}.fc6.weight": (2048, 256, 6, 6),
+            f"towers.{tower}.fc6.bias": (2048,),
+            f"towers.{tower}.fc7.weight": (2048, 4096, 1, 1),
+            f"towers.{tower}.fc7.bias": (2048,),
+            f"towers.{tower}.fc8.weight": (classes, 4096),
+            f"towers.{tower}.fc8.bias": (classes,),
+        }
+    with torch.device("meta"):
+        state = at.AlexNet().state_dict()
+    assert [(key, tuple(value.shape)) for key, value in state.items()] == list(expected.items())
 
 
 def test_paper_initialization():
@@ -63,7 +116,7 @@ def test_towers_equal_the_grouped_twin_forward_and_every_gradient(device):
     logits.backward(grad)
     logits_ref.backward(grad)
     twin_layers = [m for m in [*twin.features, *twin.classifier] if isinstance(m, (nn.Conv2d, nn.Linear))]
-    names = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+    names = [layer.name for layer in LAYERS]
     for name, twin_layer in zip(names, twin_layers, strict=True):
         halves = [getattr(tower, name) for tower in model.towers]
         grad_weight = torch.cat([h.weight.grad for h in halves]).reshape(twin_layer.weight.shape)
@@ -103,7 +156,7 @@ def test_two_cpu_towers_compute_what_one_device_does():
 def test_towers_are_separate_before_the_exchange():
     model = small_net().train()
     images = torch.randn(2, 3, SMALL, SMALL)
-    features = model.towers[1].layers_1_2(images)  # tower 1 before layer 3's exchange
+    features = model.towers[1].run(STAGES[0], images)  # tower 1 before layer 3's exchange
     features.square().sum().backward()
     own, other = model.towers[1], model.towers[0]
     assert own.conv1.weight.grad.abs().sum() > 0 and own.conv2.weight.grad.abs().sum() > 0
@@ -125,7 +178,8 @@ def test_state_dict_is_the_same_for_every_placement():
             lambda m: all(p.kernel_size == 2 and p.stride == 2 for p in m.modules() if isinstance(p, nn.MaxPool2d)),
         ),
         ({"dropout": False}, lambda m: not any(isinstance(x, nn.Dropout) for x in m.modules())),
-        ({"towers": 1}, lambda m: len(m.towers) == 1 and m.towers[0].conv5.out_channels == ONE_TOWER_WIDTHS[4]),
+        # Section 3.2: the one-GPU net keeps conv5 (and the fc layers) at full size.
+        ({"towers": 1}, lambda m: len(m.towers) == 1 and m.towers[0].conv5.out_channels == 256),
     ],
     ids=["no-lrn", "non-overlapping-pool", "no-dropout", "one-tower"],
 )

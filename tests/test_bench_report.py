@@ -1,71 +1,11 @@
-"""The benchmark harness's own arithmetic: the work it counts, the roofline and the report. (The harness
-runs end to end in CI: `pytest bench/ --benchmark-only`.)"""
+"""bench/report.py: the markdown report and chart made from benchmark JSONs, its ratios and its verdicts on
+the project's goals."""
 
 import json
 
 import pytest
 
 from bench import report
-from bench.timing import roofline
-from bench.workloads import alexnet_cases, byte_count, flop_count, flops_per_image, output_shape
-
-# (output size, output channels, input channels per output, kernel size) of each layer of the whole
-# network at 227x227, from the paper's figure 2; fc layers as 1x1 outputs.
-PAPER_LAYERS = [
-    (55, 96, 3, 11),
-    (27, 256, 48, 5),
-    (13, 384, 256, 3),
-    (13, 384, 192, 3),
-    (13, 256, 192, 3),
-    (1, 4096, 256 * 6 * 6, 1),
-    (1, 4096, 4096, 1),
-    (1, 1000, 4096, 1),
-]
-
-
-def multiply_adds(layer) -> int:
-    size, out_channels, in_channels, kernel = layer
-    return size * size * out_channels * in_channels * kernel * kernel
-
-
-def test_forward_flops_are_the_paper_network_multiply_adds_twice():
-    macs = sum(multiply_adds(layer) for layer in PAPER_LAYERS)
-    assert 0.70e9 < macs < 0.74e9  # "about 0.72 G multiply-adds", as the issue states
-    assert flops_per_image("inference", 227) == 2 * macs
-
-
-def test_training_flops_add_two_backward_products_except_the_image_gradient():
-    macs = sum(multiply_adds(layer) for layer in PAPER_LAYERS)
-    conv1 = multiply_adds(PAPER_LAYERS[0])
-    assert flops_per_image("training", 227) == 2 * (3 * macs - conv1)  # about 4.3 GFLOP
-
-
-def test_op_counts_follow_the_shapes():
-    cases = alexnet_cases(batch=4, image_size=227)
-    pool = cases["pool1"]
-    assert pool.shapes == ((4, 48, 55, 55),) and output_shape(pool) == (4, 48, 27, 27)
-    x, y = 4 * 48 * 55 * 55, 4 * 48 * 27 * 27
-    assert byte_count(pool, "forward", 2) == 2 * (x + y)
-    assert byte_count(pool, "forward+backward", 2) == 2 * (x + y + y + x)
-    assert flop_count(pool, "forward") == 0
-
-    conv2 = cases["conv2"]
-    forward = 2 * 4 * 128 * 27 * 27 * 48 * 5 * 5
-    assert flop_count(conv2, "forward") == forward
-    assert flop_count(conv2, "forward+backward") == 3 * forward
-    # conv1's image gets no gradient, so its backward is the weight gradient only.
-    conv1_forward = flop_count(cases["conv1"], "forward")
-    assert flop_count(cases["conv1"], "forward+backward") == 2 * conv1_forward
-
-
-def test_roofline_is_the_slower_of_arithmetic_and_memory():
-    peaks = {"copy_bytes_per_s": 1e12, "float32_flop_per_s": 1e14}
-    memory_bound = roofline({"median_s": 2e-3}, flops=1e10, bytes_moved=1e9, peaks=peaks, dtype_name="float32")
-    assert memory_bound["roofline_fraction"] == pytest.approx(0.5)  # 1 ms of copying in 2 ms
-    assert memory_bound["gb_per_s"] == pytest.approx(500)
-    compute_bound = roofline({"median_s": 4e-3}, flops=1e11, bytes_moved=1e9, peaks=peaks, dtype_name="float32")
-    assert compute_bound["roofline_fraction"] == pytest.approx(0.25)
-    assert compute_bound["tflop_per_s"] == pytest.approx(25)
 
 
 def result(op, layer, direction, impl, seconds, **extra):
