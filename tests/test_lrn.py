@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from helpers import TOLERANCE, check_input_gradient, every_other, saved_tensors
 
 import alexnet_triton as at
+from alexnet_triton.model import PAPER_LRN, layer_shapes
 
-PAPER = {"size": 5, "alpha": 5e-4, "beta": 0.75, "k": 2.0}  # the 2012 paper's k=2, n=5, alpha=1e-4, beta=0.75
 # A strong normalization, so that the cross-channel term of the gradient is far above rounding.
 STRONG = {"size": 5, "alpha": 2.0, "beta": 0.75, "k": 1.0}
 
@@ -22,12 +22,21 @@ def check_lrn(x, size, alpha, beta, k, tol, **kwargs):
     )
 
 
-@pytest.mark.parametrize("channels, size", [(96, 27), (256, 13)], ids=["after-conv1", "after-conv2"])
-@pytest.mark.parametrize("params", [PAPER, STRONG], ids=["paper", "strong"])
-def test_alexnet_configurations(channels, size, params, precision, device):
+# AlexNet's LRNs, from the model's table: both towers' channels (96, 256), at a sixth of the side of the map
+# each reads (55, 27), which keeps the interpreter quick.
+ALEXNET_LRNS = {
+    f"lrn{shape.layer.number}": (2 * shape.out_channels, shape.output_size // 6)
+    for shape in layer_shapes()
+    if shape.layer.lrn
+}
+
+
+@pytest.mark.parametrize("layer", ALEXNET_LRNS)
+@pytest.mark.parametrize("params", [PAPER_LRN, STRONG], ids=["paper", "strong"])
+def test_alexnet_configurations(layer, params, precision, device):
     dtype, tol_key = precision
-    # Spatial size cut from AlexNet's (55, 27) to keep the interpreter quick; channels as in the paper.
-    x = torch.randn(2, channels, size // 3, size // 3, device=device, dtype=dtype)
+    channels, size = ALEXNET_LRNS[layer]
+    x = torch.randn(2, channels, size, size, device=device, dtype=dtype)
     check_lrn(x, **params, tol=TOLERANCE[tol_key])
 
 
@@ -77,7 +86,7 @@ def test_gradcheck_tiny_float64(device):
 
 def test_only_the_input_is_saved_for_backward(device):
     x = torch.randn(2, 8, 5, 5, device=device, requires_grad=True)
-    out, saved = saved_tensors(lambda: at.local_response_norm(x, **PAPER))
+    out, saved = saved_tensors(lambda: at.local_response_norm(x, **PAPER_LRN))
     assert len(saved) == 1 and saved[0] is x
 
 

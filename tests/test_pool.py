@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from helpers import TOLERANCE, check_input_gradient, every_other, saved_tensors
 
 import alexnet_triton as at
+from alexnet_triton.model import OVERLAPPING_POOL, layer_shapes
 
 
 def check_pool(x, kernel, stride, padding, tol=TOLERANCE[torch.float32], **kwargs):
@@ -18,12 +19,20 @@ def check_pool(x, kernel, stride, padding, tol=TOLERANCE[torch.float32], **kwarg
     )
 
 
-@pytest.mark.parametrize("channels, size", [(3, 55), (5, 27), (7, 13)], ids=["pool1", "pool2", "pool5"])
-def test_alexnet_overlapping_pool(channels, size, precision, device):
+# AlexNet's pools, from the model's table: the side of the map each reads (55, 27, 13), with few channels (3, 5, 7).
+ALEXNET_POOLS = {
+    f"pool{shape.layer.number}": (channels, shape.output_size, shape.pooled_size)
+    for channels, shape in zip((3, 5, 7), [shape for shape in layer_shapes() if shape.layer.pool], strict=True)
+}
+
+
+@pytest.mark.parametrize("layer", ALEXNET_POOLS)
+def test_alexnet_overlapping_pool(layer, precision, device):
     dtype, tol_key = precision
+    channels, size, pooled_size = ALEXNET_POOLS[layer]
     x = torch.randn(2, channels, size, size, device=device, dtype=dtype)
-    out, _ = check_pool(x, 3, 2, 0, TOLERANCE[tol_key])
-    assert out.shape[-1] == (size - 3) // 2 + 1
+    out, _ = check_pool(x, *OVERLAPPING_POOL, 0, TOLERANCE[tol_key])
+    assert out.shape[-2:] == (pooled_size, pooled_size)
 
 
 @pytest.mark.parametrize(
