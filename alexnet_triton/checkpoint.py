@@ -1,35 +1,156 @@
-"""Checkpoints that never leave a broken file in place of a good one, and open without running code.
+"""Training checkpoints: what one holds, defined once here, and how it reaches the disk durably.
 
-A checkpoint is a dict of tensors, numbers, strings, lists and dicts (see train.py for its keys),
-written to a temporary file in the same folder, flushed to disk, then renamed over the old one: a
-crash or a full disk leaves the previous checkpoint intact. Reading uses ``weights_only=True``.
+A checkpoint is a `TrainingCheckpoint`. On disk it is a plain dict of tensors, numbers, strings, lists
+and dicts (its fields, the nested dataclasses as dicts), so it opens with ``torch.load(weights_only=True)``
+and never runs code. `save` writes it as databases write their files (durable.write_atomically): to a
+temporary file in the same folder, flushed and fsynced, renamed over the old one, then the folder
+fsynced so the rename itself survives a power cut. A crash or a full disk before the rename leaves the
+previous checkpoint intact, and no temporary file behind.
 """
 
+import argparse
 import os
-import tempfile
+from dataclasses import dataclass, field, fields
 
 import torch
+
+from alexnet_triton import durable
+
+FORMAT = 1  # the on-disk layout; raise it when a field changes meaning
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, corrupt, or made for another configuration."""
 
 
+# ---------------------------------------------------------------------------------------------
+# What a checkpoint holds
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Position:
+    """Where a run is: the next epoch to run and how many of its batches are done."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    global_step: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """What the network was built from; the checkpoint's weights fit only this network."""
+
+    num_classes: int
+    image_size: int
+    lrn: bool
+    overlapping_pool: bool
+    dropout: bool
+    towers: int
+    init: str
+    channels_last: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, num_classes: int) -> "ModelConfig":
+        return cls(num_classes, **{f.name: getattr(args, f.name) for f in fields(cls) if f.name != "num_classes"})
+
+
+@dataclass
+class Recipe:
+    """The settings a resumed run takes from its checkpoint whatever the command line says (the data, the
+    schedule, the network and the seed), so that it continues exactly as it began. Named as the trainer's
+    command-line options (argparse destinations)."""
+
+    data: str | None
+    train_size: int
+    val_size: int
+    image_size: int
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_patience: int
+    lrn: bool
+    overlapping_pool: bool
+    dropout: bool
+    towers: int
+    init: str
+    seed: int
+    amp: str
+    channels_last: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace | dict) -> "Recipe":
+        values = args if isinstance(args, dict) else vars(args)
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def apply_to(self, args: argparse.Namespace) -> None:
+        for f in fields(self):
+            setattr(args, f.name, getattr(self, f.name))
+
+
+@dataclass
+class TrainingCheckpoint:
+    """Everything a run needs to continue, or to be evaluated, from where it was saved."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    position: Position
+    best_top1_error: float
+    history: list[dict]  # the rows of metrics.jsonl so far
+    rng: dict  # rng_state()
+    stats: dict[str, torch.Tensor]  # data.rgb_statistics of the training set
+    config: ModelConfig
+    classes: list[str]
+    args: dict  # the whole command line (vars(args)); its Recipe part is what a resume restores
+    format: int = field(default=FORMAT)
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe.from_args(self.args)
+
+    def to_dict(self) -> dict:
+        """The on-disk form: plain containers only (no dataclasses, which weights_only refuses)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["position"], state["config"] = vars(self.position).copy(), vars(self.config).copy()
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict, path: str) -> "TrainingCheckpoint":
+        missing = [f.name for f in fields(cls) if f.name not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {path!r} is not an alexnet_triton training checkpoint (no {missing})")
+        if state["format"] > FORMAT:
+            raise CheckpointError(f"checkpoint {path!r} has format {state['format']}; this version reads {FORMAT}")
+        values = {f.name: state[f.name] for f in fields(cls)}
+        values["position"], values["config"] = Position(**state["position"]), ModelConfig(**state["config"])
+        return cls(**values)
+
+    def check_classes(self, num_classes: int, path: str) -> None:
+        if self.config.num_classes != num_classes:
+            raise CheckpointError(
+                f"checkpoint {path!r} was trained for {self.config.num_classes} classes, but the data has {num_classes}"
+            )
+
+
+def read(path: str) -> TrainingCheckpoint:
+    """A training checkpoint from a file, or from a run directory's last.pt; CheckpointError if unusable."""
+    path = os.path.join(path, "last.pt") if os.path.isdir(path) else path
+    return TrainingCheckpoint.from_dict(load(path), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
 def save(state: dict, path: str) -> None:
-    """Write state to path atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """Write state to path atomically and durably (durable.write_atomically: temp file, fsync, rename,
+    fsync the folder)."""
+    durable.write_atomically(path, lambda file: torch.save(state, file))
 
 
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:
@@ -45,6 +166,11 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path!r} is not an alexnet_triton training checkpoint")
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Random generators
+# ---------------------------------------------------------------------------------------------
 
 
 def rng_state() -> dict:

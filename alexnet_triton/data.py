@@ -1,4 +1,6 @@
-"""The input pipeline: the built-in dataset and the paper's augmentation (sections 2 and 4.1).
+"""The input pipeline: the built-in dataset, ImageFolder trees, the paper's augmentation (sections 2
+and 4.1), the crops a training loop reads (TrainingCrops, EvaluationCrops) and its loaders, with the
+sampler that resumes an epoch part-way (SkipFirst).
 
 Every random choice for a training sample is drawn from a generator seeded by (run seed, epoch,
 sample index), so an epoch's data is the same whichever process or worker loads it, and a run that
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 # ---------------------------------------------------------------------------------------------
 # The paper's augmentation
@@ -216,13 +218,14 @@ class ImageFolderDataset(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------
-# The view a training loop reads: augmentation seeded per (seed, epoch, index)
+# What a training loop reads: the crops it trains and evaluates on, and the loaders
 # ---------------------------------------------------------------------------------------------
 
 
-class Augmented(Dataset):
-    """Training view of a dataset: each sample augmented with a generator seeded by the run's seed,
-    the epoch and the sample's index. Call set_epoch before each epoch (as with DistributedSampler)."""
+class TrainingCrops(Dataset):
+    """The training set seen through the paper's augmentation: a random crop, a horizontal flip, PCA
+    lighting and normalisation, drawn from a generator seeded by the run's seed, the epoch and the
+    sample's index. Call set_epoch before each epoch (as with DistributedSampler)."""
 
     def __init__(self, base: Dataset, image_size: int, stats: dict, seed: int):
         self.base, self.image_size, self.stats, self.seed = base, image_size, stats, seed
@@ -240,8 +243,9 @@ class Augmented(Dataset):
         return train_transform(image, self.image_size, self.stats, generator), label
 
 
-class Evaluated(Dataset):
-    """Evaluation view: the center crop, or (ten_crop=True) the ten crops stacked."""
+class EvaluationCrops(Dataset):
+    """A held-out set seen as the network is tested: the center crop, or (ten_crop=True) the ten crops
+    stacked, normalized."""
 
     def __init__(self, base: Dataset, image_size: int, stats: dict, ten_crop: bool = False):
         self.base, self.image_size, self.stats, self.ten_crop = base, image_size, stats, ten_crop
@@ -253,6 +257,49 @@ class Evaluated(Dataset):
         image, label = self.base[index]
         view: Callable = ten_crops if self.ten_crop else eval_transform
         return view(image, self.image_size, self.stats), label
+
+
+def load_datasets(
+    root: str | None, image_size: int, train_size: int, val_size: int, seed: int
+) -> tuple[Dataset, Dataset, list[str]]:
+    """(train, val, class names), the raw images before augmentation: an ImageFolder tree's train/ and
+    val/, or (root None) the built-in shapes of train_size and val_size images drawn from seed."""
+    if root is None:
+        train = ShapesDataset("train", train_size, image_size, seed=seed)
+        val = ShapesDataset("val", val_size, image_size, seed=seed)
+    else:
+        train = ImageFolderDataset(os.path.join(root, "train"), image_size)
+        val = ImageFolderDataset(os.path.join(root, "val"), image_size)
+        if val.classes != train.classes:
+            raise ValueError(f"{root}/val has classes {val.classes[:5]}... unlike train's {train.classes[:5]}...")
+    return train, val, train.classes
+
+
+class SkipFirst(Sampler):
+    """A DistributedSampler's epoch minus the samples already trained on (for a mid-epoch resume)."""
+
+    def __init__(self, sampler: DistributedSampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, pin_memory: bool, seed: int):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        # Its own generator: a loader draws a seed for its workers each epoch, and drawing it from the
+        # global one would shift the dropout seeds after a resume.
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def estimate_statistics(

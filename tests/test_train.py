@@ -1,14 +1,17 @@
-"""The trainer (python -m alexnet_triton.train) and its data pipeline.
+"""The trainer (python -m alexnet_triton.train): its command line, and the evaluation of the ten crops.
 
 The CLI runs in fresh processes through the reference backend (TRITON_INTERPRET unset, no GPU): what
-is tested here is the program (files, resume, errors, distributed data parallelism), not the kernels.
+is tested here is the program (files, resume, errors, distributed data parallelism), not the kernels. The
+data pipeline, checkpoints, run files and runtime have their own test files.
 """
 
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +19,8 @@ import torch
 from helpers import reference_backend_env
 from PIL import Image
 
-from alexnet_triton import data
+from alexnet_triton import checkpoint, data, train
+from alexnet_triton.runtime import Runtime
 
 TINY = ["--train-size", "128", "--val-size", "40", "--batch-size", "32", "--image-size", "67"]
 
@@ -132,22 +136,6 @@ def test_evaluate_ten_crop_and_refuse_bad_checkpoints(tmp_path):
     assert result.returncode == 1 and "trained for 10 classes, but the data has 2" in result.stderr
 
 
-def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from alexnet_triton import checkpoint
-
-    path = tmp_path / "last.pt"
-    checkpoint.save({"model": {"w": torch.ones(3)}}, str(path))
-
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
-        checkpoint.save({"model": {"w": torch.zeros(3)}}, str(path))
-    assert torch.equal(checkpoint.load(str(path))["model"]["w"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file may be left behind"
-
-
 def test_two_processes_started_like_torchrun_equal_one_process(tmp_path):
     # Dropout off, so the two runs draw nothing differently; 2 x 16 per step against 32 in one process.
     common = ["--train-size", "64", "--val-size", "16", "--image-size", "67", "--epochs", "1", "--no-dropout"]
@@ -164,41 +152,13 @@ def test_two_processes_started_like_torchrun_equal_one_process(tmp_path):
         torch.testing.assert_close(parameters_two[name], value, rtol=1e-4, atol=1e-6, msg=name)
 
 
-# ---- the data pipeline, in process ------------------------------------------------------------------
+# ---- evaluation, in process ------------------------------------------------------------------------
 
 
-def test_pca_statistics_and_lighting_shift():
-    # Pixels with a known RGB covariance (in [0, 1] units) around a known mean.
-    generator = torch.Generator().manual_seed(0)
-    mixing = torch.tensor([[0.20, 0.00, 0.00], [0.15, 0.05, 0.00], [0.10, 0.02, 0.03]])
-    pixels = torch.randn(200_000, 3, generator=generator) @ mixing.T
-    images = (pixels * 255 + torch.tensor([120.0, 110.0, 100.0])).T.reshape(3, 200, 1000)[None]
-    stats = data.rgb_statistics(images)
-    torch.testing.assert_close(stats["mean"], torch.tensor([120.0, 110.0, 100.0]), atol=0.5, rtol=0)
-    covariance = stats["eigenvectors"] @ torch.diag(stats["eigenvalues"]) @ stats["eigenvectors"].T
-    torch.testing.assert_close(covariance, mixing @ mixing.T, atol=2e-4, rtol=0)
-
-    # The shift eigvecs @ (alpha * eigvals), alpha ~ N(0, 0.1): its covariance is V diag(0.01 l^2) V^T.
-    flat = torch.zeros(3, 1, 1)
-    shifts = torch.stack(
-        [data.pca_lighting(flat, stats, torch.Generator().manual_seed(i)).flatten() / 255 for i in range(20_000)]
-    )
-    expected = stats["eigenvectors"] @ torch.diag(0.01 * stats["eigenvalues"] ** 2) @ stats["eigenvectors"].T
-    torch.testing.assert_close(torch.cov(shifts.T), expected, atol=3e-6, rtol=0.05)
-    assert shifts.mean(0).abs().max() < 3 * 0.1 * stats["eigenvalues"].max() / 20_000**0.5
-
-
-def test_ten_crops_shapes_and_softmax_averaging():
+def test_ten_crop_evaluation_averages_the_softmax_over_the_crops():
     image = torch.arange(3 * 10 * 12, dtype=torch.float32).reshape(3, 10, 12)
     stats = {"mean": torch.tensor([1.0, 2.0, 3.0]), "scale": torch.tensor([1.0, 0.5, 2.0])}
     crops = data.ten_crops(image, 8, stats)
-    assert crops.shape == (10, 3, 8, 8)
-    corner = (image[:, :8, :8] - stats["mean"][:, None, None]) * stats["scale"][:, None, None]
-    assert torch.equal(crops[0], corner), "the first crop is the top-left corner"
-    # Crops 5-9 are the corners and center of the flipped image: the flip of the top-right is its top-left.
-    assert torch.equal(crops[5], crops[1].flip(-1)) and torch.equal(crops[9], crops[4].flip(-1))
-
-    from alexnet_triton import train
 
     class Linear(torch.nn.Module):  # stands in for the network: logits from the crop's mean colour
         def forward(self, x):
@@ -207,29 +167,28 @@ def test_ten_crops_shapes_and_softmax_averaging():
     dataset = [(crops, 1), (crops.flip(0), 0)]
     loader = torch.utils.data.DataLoader(dataset, batch_size=2)
     args = type("Args", (), {"amp": "none", "channels_last": False})()
-    runtime = train.Runtime(0, 1, torch.device("cpu"))
+    runtime = Runtime(0, 1, torch.device("cpu"))
     metrics = train.evaluate(Linear(), loader, args, runtime, ten_crop=True)
     probabilities = Linear()(crops).softmax(-1).mean(0)
     expected_loss = -(probabilities[1].log() + probabilities[0].log()) / 2
     assert metrics["val_loss"] == pytest.approx(expected_loss.item(), rel=1e-5)
 
 
-def test_builtin_dataset_is_deterministic_and_balanced():
-    first, again = data.ShapesDataset("val", 40, 67, seed=3), data.ShapesDataset("val", 40, 67, seed=3)
-    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
-    assert first.images.shape == (40, 3, data.resize_size(67), data.resize_size(67))
-    assert torch.bincount(first.labels).tolist() == [4] * 10
-    train = data.ShapesDataset("train", 40, 67, seed=3)
-    assert not torch.equal(train.images, first.images), "held-out images must be new ones"
-
-
-def test_augmentation_depends_only_on_seed_epoch_and_index():
-    base = data.ShapesDataset("train", 4, 67, seed=0)
-    stats = data.estimate_statistics(base)
-    view = data.Augmented(base, 67, stats, seed=5)
-    view.set_epoch(2)
-    sample = view[3][0]
-    assert sample.shape == (3, 67, 67)
-    assert torch.equal(view[3][0], sample)
-    view.set_epoch(3)
-    assert not torch.equal(view[3][0], sample)
+def test_sigterm_saves_after_the_step_and_the_run_resumes(tmp_path):
+    command = [sys.executable, "-m", "alexnet_triton.train", *TINY, "--epochs", "3", "--name", "stopped"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=reference_backend_env(), stdout=subprocess.PIPE, text=True)
+    steps = tmp_path / "runs" / "stopped" / "steps.csv"
+    deadline = time.monotonic() + 300
+    # steps.csv is flushed row by row, so the first step's row shows the loop is running.
+    while not (steps.exists() and len(steps.read_text().splitlines()) > 1):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first step"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=300)
+    assert process.returncode == 0
+    assert "SIGTERM: saving after this step" in stdout and "continue with --resume" in stdout
+    saved = checkpoint.read(str(tmp_path / "runs" / "stopped"))
+    assert 1 <= saved.position.global_step < 12, "stopped before the run's end"
+    resumed = run_cli("--resume", "runs/stopped", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(step_losses(tmp_path / "runs" / "stopped")) == list(range(1, 13))

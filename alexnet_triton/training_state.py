@@ -1,0 +1,88 @@
+"""What a training run builds, updates and saves: the network, its optimizer, learning-rate schedule and
+gradient scaler (the paper's recipe, section 5), where the run is, and the conversion to and from the
+checkpoint that holds them all."""
+
+import argparse
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from alexnet_triton import checkpoint
+from alexnet_triton.checkpoint import ModelConfig, Position, TrainingCheckpoint
+from alexnet_triton.model import AlexNet
+
+
+def build_model(config: ModelConfig, device: torch.device, devices: str | None) -> AlexNet:
+    """The network of config on device, or (devices "cuda:0,cuda:1") one tower on each."""
+    model = AlexNet(
+        config.num_classes,
+        devices.split(",") if devices else None,
+        image_size=config.image_size,
+        lrn=config.lrn,
+        overlapping_pool=config.overlapping_pool,
+        dropout=config.dropout,
+        towers=config.towers,
+        init=config.init,
+    )
+    if not devices:
+        model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+@dataclass
+class TrainingState:
+    model: AlexNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    config: ModelConfig
+    classes: list[str]
+    stats: dict[str, torch.Tensor]  # data.rgb_statistics of the training set, on the CPU
+    position: Position = field(default_factory=Position)
+    best_top1_error: float = math.inf
+    history: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl so far
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, device: torch.device, classes: list[str], stats: dict) -> "TrainingState":
+        """A fresh run of args's recipe; initialise torch's seed first for the same weights everywhere."""
+        config = ModelConfig.from_args(args, len(classes))
+        model = build_model(config, device, args.devices)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+        )
+        # Section 5: divide the learning rate by 10 when the validation error stops improving.
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=0.1, patience=args.lr_patience
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16" and device.type == "cuda")
+        stats = {key: value.cpu() for key, value in stats.items()}
+        return cls(model, optimizer, scheduler, scaler, config, classes, stats)
+
+    def restore(self, saved: TrainingCheckpoint, path: str) -> None:
+        """Continue where saved stopped: weights, optimizer, schedule, position and random generators."""
+        saved.check_classes(len(self.classes), path)
+        self.model.load_state_dict(saved.model)
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.scheduler.load_state_dict(saved.scheduler)
+        self.scaler.load_state_dict(saved.scaler)
+        self.position, self.best_top1_error, self.history = saved.position, saved.best_top1_error, saved.history
+        checkpoint.set_rng_state(saved.rng)
+
+    def to_checkpoint(self, args: argparse.Namespace) -> TrainingCheckpoint:
+        return TrainingCheckpoint(
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            position=Position(**vars(self.position)),
+            best_top1_error=self.best_top1_error,
+            history=self.history,
+            rng=checkpoint.rng_state(),
+            stats=self.stats,
+            config=self.config,
+            classes=self.classes,
+            args=vars(args).copy(),
+        )
