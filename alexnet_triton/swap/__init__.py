@@ -63,7 +63,7 @@ def swap_fused_ops(
     printed when ``verbose``. The options leave the respective kinds of module as they are.
     """
     _check_module(model)
-    wanted = {"conv_relu": conv_relu, "lrn": lrn, "max_pool": max_pool, "dropout": dropout}  # table.OPTIONS
+    wanted = {"conv_relu": conv_relu, "lrn": lrn, "max_pool": max_pool, "dropout": dropout}  # by table.OPTIONS
     report = SwapReport("swap_fused_ops")
     layout = Layout(model)
     to_trace = {}  # fusable modules with nothing after them in a Sequential: their ReLU may be a call in forward
