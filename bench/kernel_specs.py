@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from alexnet_triton.kernels import _common, conv, dropout, lrn, pool
+from alexnet_triton.kernels import _common, augment, conv, dropout, lrn, pool
 
 from alexnet_triton.model import OVERLAPPING_POOL, PAPER_LRN
 from bench.offline_compile import compile_jobs
@@ -105,6 +105,11 @@ SPECS = [
     KernelSpec(pool._max_pool_fwd_kernel, pool_meta, pointers={"pos_ptr": "*u8"}),
     KernelSpec(pool._max_pool_bwd_kernel, pool_meta, pointers={"pos_ptr": "*u8"}),
     KernelSpec(dropout._dropout_kernel, lambda dtype: [{}], pointers={"seed_ptr": "*i64"}, floats=("p", "scale")),
+    KernelSpec(
+        augment._crop_normalize_kernel,
+        lambda dtype: [{"CHANNELS_LAST": False}, {"CHANNELS_LAST": True}],
+        pointers={"image_ptr": "*u8", "box_ptr": "*i32", "shift_ptr": "*fp32", "mean_ptr": "*fp32", "scale_ptr": "*fp32"},
+    ),
 ]
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
