@@ -108,7 +108,11 @@ SPECS = [
     KernelSpec(
         augment._crop_normalize_kernel,
         lambda dtype: [{"CHANNELS_LAST": False}, {"CHANNELS_LAST": True}],
-        pointers={"image_ptr": "*u8", "box_ptr": "*i32", "shift_ptr": "*fp32", "mean_ptr": "*fp32", "scale_ptr": "*fp32"},
+        pointers={
+            "image_ptr": "*u8",
+            "box_ptr": "*i32",
+            **dict.fromkeys(("shift_ptr", "mean_ptr", "scale_ptr"), "*fp32"),
+        },
     ),
 ]
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
