@@ -288,13 +288,17 @@ class SkipFirst(Sampler):
         return len(self.sampler) - self.skip
 
 
-def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, pin_memory: bool, seed: int):
+def make_loader(
+    dataset: Dataset, sampler: Sampler, batch_size: int, workers: int | None, device: torch.device, seed: int
+) -> DataLoader:
+    """Batches of dataset in sampler's order for a loop on device; workers None: none on a CPU (its
+    cores run the network), 8 beside a GPU."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin_memory,
+        num_workers=workers if workers is not None else (0 if device.type == "cpu" else 8),
+        pin_memory=device.type == "cuda",
         drop_last=False,
         # Its own generator: a loader draws a seed for its workers each epoch, and drawing it from the
         # global one would shift the dropout seeds after a resume.

@@ -10,13 +10,19 @@
     python -m alexnet_triton.train --evaluate runs/NAME/best.pt --data ~/imagenet --ten-crop
 
 Each run writes into a run directory named on start: metrics.jsonl (a row per epoch), steps.csv (the
-loss of every step), curves.png, conv1_filters.png (figure 3), last.pt and best.pt (checkpoints, written
-atomically), and TensorBoard events when tensorboard is installed. Ctrl-C or SIGTERM finishes the current
-step, saves last.pt and exits; --resume then continues exactly where the run stopped.
+loss of every step, flushed as it is written), curves.png, conv1_filters.png (figure 3), last.pt and
+best.pt (checkpoints, written atomically and durably), and TensorBoard events when tensorboard is
+installed. Ctrl-C or SIGTERM finishes the current step, saves last.pt and exits; --resume then continues
+exactly where the run stopped.
 
 Unreadable images in --data are skipped with a warning naming the file (the next image takes their
 place); a missing or empty data folder, a folder without class subfolders, a corrupt checkpoint or one
 trained for another number of classes stop the run with a message that names it.
+
+This file holds the command line, train_one_epoch, evaluate and the epoch loop; the rest has its own
+module: data.py (datasets, crops, loaders), training_state.py (network, optimizer, schedule),
+checkpoint.py (what a checkpoint holds), run_files.py (logs and figures), runtime.py (processes, devices,
+signals).
 """
 
 import argparse
@@ -29,11 +35,12 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from alexnet_triton import checkpoint, data
 from alexnet_triton.checkpoint import Position
+from alexnet_triton.evaluation import evaluate, evaluate_checkpoint
 from alexnet_triton.run_files import RunFiles
 from alexnet_triton.runtime import (
     Runtime,
@@ -45,7 +52,7 @@ from alexnet_triton.runtime import (
     stop_runtime,
     to_device,
 )  # fmt: skip
-from alexnet_triton.training_state import TrainingState, build_model
+from alexnet_triton.training_state import TrainingState
 
 # Defaults for the built-in dataset, chosen so the default run finishes in about four minutes on a
 # 2-core CPU (measured: see README). He initialisation there, because the paper's N(0, 0.01) needs
@@ -111,34 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------
-# One epoch of training, one pass of evaluation
+# One epoch of training
 # ---------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate(model, val_loader: DataLoader, args, runtime: Runtime, ten_crop: bool) -> dict:
-    """Loss and top-1 / top-5 error on the validation set (summed over all processes)."""
-    model.eval()
-    loss_sum = correct1 = correct5 = count = 0.0
-    for images, labels in val_loader:
-        images, labels = to_device(images, labels, runtime.device, args.channels_last)
-        with autocast(args.amp, runtime.device):
-            if ten_crop:  # (N, 10, 3, s, s): average the softmax over the crops (section 4.1)
-                n, crops = images.shape[:2]
-                probabilities = model(images.flatten(0, 1)).float().softmax(-1).view(n, crops, -1).mean(1)
-            else:
-                probabilities = model(images).float().softmax(-1)
-        loss_sum += F.nll_loss(probabilities.clamp_min(1e-12).log(), labels, reduction="sum").item()
-        top5 = probabilities.topk(min(5, probabilities.shape[1]), dim=1).indices
-        correct1 += (top5[:, 0] == labels).sum().item()
-        correct5 += (top5 == labels[:, None]).any(dim=1).sum().item()
-        count += len(labels)
-    loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], runtime)
-    return {
-        "val_loss": loss_sum / count,
-        "val_top1_error": 1 - correct1 / count,
-        "val_top5_error": 1 - correct5 / count,
-    }
 
 
 def train_one_epoch(model, state: TrainingState, train_loader, args, runtime: Runtime, stop, files: RunFiles):
@@ -196,38 +177,6 @@ def train_one_epoch(model, state: TrainingState, train_loader, args, runtime: Ru
 # ---------------------------------------------------------------------------------------------
 
 
-def load_datasets(args: argparse.Namespace) -> tuple[Dataset, Dataset, list[str]]:
-    return data.load_datasets(args.data, args.image_size, args.train_size, args.val_size, args.seed)
-
-
-def loader(dataset: Dataset, sampler, args: argparse.Namespace, runtime: Runtime) -> DataLoader:
-    workers = args.workers if args.workers is not None else (0 if runtime.device.type == "cpu" else 8)
-    return data.make_loader(dataset, sampler, args.batch_size, workers, runtime.device.type == "cuda", args.seed)
-
-
-def run_evaluation(args: argparse.Namespace, runtime: Runtime) -> dict:
-    state = checkpoint.read(args.evaluate)
-    args.image_size = state.config.image_size
-    if args.data is None:  # the built-in dataset: the run's own held-out images
-        for key in ("seed", "train_size", "val_size"):
-            setattr(args, key, state.args[key])
-    _, val, classes = load_datasets(args)
-    state.check_classes(len(classes), args.evaluate)
-    model = build_model(state.config, runtime.device, args.devices)
-    model.load_state_dict(state.model)
-    stats = {key: value.cpu() for key, value in state.stats.items()}
-    val_view = data.EvaluationCrops(val, state.config.image_size, stats, ten_crop=args.ten_crop)
-    sampler = DistributedSampler(val_view, runtime.world_size, runtime.rank, shuffle=False)
-    metrics = evaluate(model, loader(val_view, sampler, args, runtime), args, runtime, args.ten_crop)
-    if runtime.is_main:
-        crops = "ten crops" if args.ten_crop else "center crop"
-        print(
-            f"{args.evaluate} ({crops}, {len(val)} images): top-1 error {metrics['val_top1_error']:.4f}, "
-            f"top-5 error {metrics['val_top5_error']:.4f}, loss {metrics['val_loss']:.4f}"
-        )
-    return metrics
-
-
 def run_directory(args: argparse.Namespace) -> str:
     if args.resume:
         return args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
@@ -246,7 +195,9 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     folder = run_directory(args)
     torch.manual_seed(args.seed)  # the same initial weights in every process
 
-    train_set, val_set, classes = load_datasets(args)
+    train_set, val_set, classes = data.load_datasets(
+        args.data, args.image_size, args.train_size, args.val_size, args.seed
+    )
     if resumed is None:  # He initialisation expects unit-variance inputs; the paper's, raw pixels
         stats = data.estimate_statistics(train_set, seed=args.seed, standardize=args.init == "kaiming")
     else:
@@ -261,7 +212,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     val_view = data.EvaluationCrops(val_set, args.image_size, state.stats)
     train_sampler = DistributedSampler(train_view, runtime.world_size, runtime.rank, shuffle=True, seed=args.seed)
     val_sampler = DistributedSampler(val_view, runtime.world_size, runtime.rank, shuffle=False)
-    val_loader = loader(val_view, val_sampler, args, runtime)
+    val_loader = data.make_loader(val_view, val_sampler, args.batch_size, args.workers, runtime.device, args.seed)
 
     def save(name: str) -> None:
         if runtime.is_main:
@@ -281,7 +232,10 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
             train_view.set_epoch(position.epoch)
             train_sampler.set_epoch(position.epoch)
             skip = position.batches_done * args.batch_size
-            train_loader = loader(train_view, data.SkipFirst(train_sampler, skip), args, runtime)
+            remaining = data.SkipFirst(train_sampler, skip)  # all of it, unless resuming mid-epoch
+            train_loader = data.make_loader(
+                train_view, remaining, args.batch_size, args.workers, runtime.device, args.seed
+            )
             train_metrics = train_one_epoch(ddp_model, state, train_loader, args, runtime, stop, files)
             if position.batches_done < math.ceil(len(train_sampler) / args.batch_size):  # stopped mid-epoch
                 save("last.pt")
@@ -329,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = start_runtime(args.device)
     try:
         if args.evaluate:
-            run_evaluation(args, runtime)
+            evaluate_checkpoint(args, runtime)
         else:
             train(args, runtime)
     except (checkpoint.CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as error:

@@ -87,7 +87,7 @@ def test_loader_batches_do_not_depend_on_the_global_generator():
 
     def first_batch():
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=2)
-        loader = data.make_loader(dataset, sampler, batch_size=4, workers=0, pin_memory=False, seed=2)
+        loader = data.make_loader(dataset, sampler, batch_size=4, workers=None, device=torch.device("cpu"), seed=2)
         return next(iter(loader))
 
     torch.manual_seed(1)

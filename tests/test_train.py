@@ -1,8 +1,8 @@
-"""The trainer (python -m alexnet_triton.train): its command line, and the evaluation of the ten crops.
+"""The trainer (python -m alexnet_triton.train): its command line.
 
 The CLI runs in fresh processes through the reference backend (TRITON_INTERPRET unset, no GPU): what
 is tested here is the program (files, resume, errors, distributed data parallelism), not the kernels. The
-data pipeline, checkpoints, run files and runtime have their own test files.
+data pipeline, evaluation, checkpoints, run files and runtime have their own test files.
 """
 
 import csv
@@ -19,8 +19,7 @@ import torch
 from helpers import reference_backend_env
 from PIL import Image
 
-from alexnet_triton import checkpoint, data, train
-from alexnet_triton.runtime import Runtime
+from alexnet_triton import checkpoint
 
 TINY = ["--train-size", "128", "--val-size", "40", "--batch-size", "32", "--image-size", "67"]
 
@@ -150,28 +149,6 @@ def test_two_processes_started_like_torchrun_equal_one_process(tmp_path):
     )
     for name, value in parameters_one.items():
         torch.testing.assert_close(parameters_two[name], value, rtol=1e-4, atol=1e-6, msg=name)
-
-
-# ---- evaluation, in process ------------------------------------------------------------------------
-
-
-def test_ten_crop_evaluation_averages_the_softmax_over_the_crops():
-    image = torch.arange(3 * 10 * 12, dtype=torch.float32).reshape(3, 10, 12)
-    stats = {"mean": torch.tensor([1.0, 2.0, 3.0]), "scale": torch.tensor([1.0, 0.5, 2.0])}
-    crops = data.ten_crops(image, 8, stats)
-
-    class Linear(torch.nn.Module):  # stands in for the network: logits from the crop's mean colour
-        def forward(self, x):
-            return x.mean(dim=(2, 3)) @ torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, -0.5]]) / 50
-
-    dataset = [(crops, 1), (crops.flip(0), 0)]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
-    args = type("Args", (), {"amp": "none", "channels_last": False})()
-    runtime = Runtime(0, 1, torch.device("cpu"))
-    metrics = train.evaluate(Linear(), loader, args, runtime, ten_crop=True)
-    probabilities = Linear()(crops).softmax(-1).mean(0)
-    expected_loss = -(probabilities[1].log() + probabilities[0].log()) / 2
-    assert metrics["val_loss"] == pytest.approx(expected_loss.item(), rel=1e-5)
 
 
 def test_sigterm_saves_after_the_step_and_the_run_resumes(tmp_path):

@@ -1,0 +1,65 @@
+"""Evaluation on held-out images (section 4.1 at test time): the loss and top-1 / top-5 error of the
+center crop, or of the softmax averaged over the ten crops, summed over every process; and the trainer's
+--evaluate mode, which measures a saved checkpoint that way."""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+from alexnet_triton import checkpoint, data
+from alexnet_triton.runtime import Runtime, all_reduce_sum, autocast, to_device
+from alexnet_triton.training_state import build_model
+
+
+@torch.no_grad()
+def evaluate(model, val_loader: DataLoader, args, runtime: Runtime, ten_crop: bool) -> dict:
+    """Loss and top-1 / top-5 error on the validation set (summed over all processes)."""
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0.0
+    for images, labels in val_loader:
+        images, labels = to_device(images, labels, runtime.device, args.channels_last)
+        with autocast(args.amp, runtime.device):
+            if ten_crop:  # (N, 10, 3, s, s): average the softmax over the crops (section 4.1)
+                n, crops = images.shape[:2]
+                probabilities = model(images.flatten(0, 1)).float().softmax(-1).view(n, crops, -1).mean(1)
+            else:
+                probabilities = model(images).float().softmax(-1)
+        loss_sum += F.nll_loss(probabilities.clamp_min(1e-12).log(), labels, reduction="sum").item()
+        top5 = probabilities.topk(min(5, probabilities.shape[1]), dim=1).indices
+        correct1 += (top5[:, 0] == labels).sum().item()
+        correct5 += (top5 == labels[:, None]).any(dim=1).sum().item()
+        count += len(labels)
+    loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], runtime)
+    return {
+        "val_loss": loss_sum / count,
+        "val_top1_error": 1 - correct1 / count,
+        "val_top5_error": 1 - correct5 / count,
+    }
+
+
+def evaluate_checkpoint(args: argparse.Namespace, runtime: Runtime) -> dict:
+    """--evaluate CHECKPOINT: its network on the validation images (the run's own held-out images for
+    the built-in dataset), center crop or --ten-crop."""
+    state = checkpoint.read(args.evaluate)
+    if args.data is None:  # the built-in dataset: draw the run's own held-out images again
+        for key in ("seed", "train_size", "val_size"):
+            setattr(args, key, state.args[key])
+    image_size = state.config.image_size
+    _, val, classes = data.load_datasets(args.data, image_size, args.train_size, args.val_size, args.seed)
+    state.check_classes(len(classes), args.evaluate)
+    model = build_model(state.config, runtime.device, args.devices)
+    model.load_state_dict(state.model)
+    stats = {key: value.cpu() for key, value in state.stats.items()}
+    val_view = data.EvaluationCrops(val, image_size, stats, ten_crop=args.ten_crop)
+    sampler = DistributedSampler(val_view, runtime.world_size, runtime.rank, shuffle=False)
+    val_loader = data.make_loader(val_view, sampler, args.batch_size, args.workers, runtime.device, args.seed)
+    metrics = evaluate(model, val_loader, args, runtime, args.ten_crop)
+    if runtime.is_main:
+        crops = "ten crops" if args.ten_crop else "center crop"
+        print(
+            f"{args.evaluate} ({crops}, {len(val)} images): top-1 error {metrics['val_top1_error']:.4f}, "
+            f"top-5 error {metrics['val_top5_error']:.4f}, loss {metrics['val_loss']:.4f}"
+        )
+    return metrics
