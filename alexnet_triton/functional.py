@@ -7,8 +7,11 @@ autocast, and pick the backend: compiled Triton on CUDA, the Triton interpreter 
 TRITON_INTERPRET=1, else the plain-PyTorch math in ``reference.py``.
 """
 
+import functools
+
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, fx
 from torch.library import register_autograd, triton_op
 
 from alexnet_triton import reference
@@ -49,6 +52,29 @@ def _autocast(device: torch.device, *tensors: Tensor | None) -> tuple[Tensor | N
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
+def _traced_as_one_call(op):
+    """op, which under torch.fx symbolic tracing records itself as one call_function node instead of
+    running, as torch.fx.wrap makes a function do. Unlike torch.fx.wrap, whatever name calls it
+    (at.conv2d_relu, functional.conv2d_relu, an imported alias): its checks and kernels need real
+    tensors, and a Proxy reaching them would stop the trace."""
+
+    @functools.wraps(op)
+    def call(*args, **kwargs):
+        proxies = _proxies((args, kwargs))
+        if proxies:
+            return proxies[0].tracer.create_proxy("call_function", call, args, kwargs)
+        return op(*args, **kwargs)
+
+    return call
+
+
+def _proxies(arguments) -> list[fx.Proxy]:
+    """The torch.fx Proxies in arguments, looking inside tuples, lists and dicts."""
+    found = []
+    fx.node.map_aggregate(arguments, lambda value: found.append(value) if isinstance(value, fx.Proxy) else None)
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # conv2d + bias + ReLU
 # ---------------------------------------------------------------------------------------------
@@ -76,13 +102,14 @@ def _conv2d_relu_backward(
     need_input, need_weight, need_bias = output_mask
     # Distinct empty tensors: an op's outputs may not alias each other.
     grad_input, grad_weight, grad_bias = (grad_out.new_empty(0) for _ in range(3))
+    memory_format = conv_kernels.output_memory_format(input, weight)  # both gradients' layout, as in PyTorch
     if need_input:
         grad_input = conv_kernels.conv_relu_input_grad(
-            grad_out, out, weight, list(input.shape), _common.suggest_memory_format(input), stride, padding, groups
+            grad_out, out, weight, list(input.shape), memory_format, stride, padding, groups
         )
     if need_weight or need_bias:
         grad_weight, bias_grad = conv_kernels.conv_relu_weight_grad(
-            grad_out, out, input, list(weight.shape), stride, padding, groups, with_bias=need_bias
+            grad_out, out, input, list(weight.shape), memory_format, stride, padding, groups, with_bias=need_bias
         )
         grad_bias = grad_bias if bias_grad is None else bias_grad
     return grad_input, grad_weight, grad_bias
@@ -121,6 +148,7 @@ def _conv_padding(padding, kernel: tuple[int, int], stride: tuple[int, int]) -> 
     return check_pair("padding", padding, minimum=0)
 
 
+@_traced_as_one_call
 def conv2d_relu(
     input: Tensor,
     weight: Tensor,
@@ -160,6 +188,8 @@ def conv2d_relu(
     if unbatched:
         input = input.unsqueeze(0)
     c_in, c_out = input.shape[1], weight.shape[0]
+    if c_out == 0 or 0 in kernel:
+        raise ValueError(f"weight must have output channels and a kernel of at least 1x1, got {tuple(weight.shape)}")
     if c_out % groups != 0:
         raise ValueError(f"weight has {c_out} output channels, which groups={groups} does not divide")
     if weight.shape[1] * groups != c_in:
@@ -172,10 +202,17 @@ def conv2d_relu(
     for axis, size, k, p in zip(("height", "width"), input.shape[2:], kernel, padding, strict=True):
         if size + 2 * p < k:
             raise ValueError(f"input {axis} {size} + 2 x padding {p} is smaller than the kernel's {k}")
-    if min(weight.shape) == 0 or min(input.shape[1:]) == 0:
-        raise ValueError(f"empty input {tuple(input.shape)} or weight {tuple(weight.shape)}")
+    if 0 in input.shape[2:] and input.shape[0] > 0 and c_in > 0:
+        raise ValueError(
+            f"input {tuple(input.shape)} has an empty spatial dimension; as in F.conv2d, an input may be empty "
+            "only by an empty batch or zero channels"
+        )
 
-    if backend(input.device) == "torch":
+    if c_in == 0:
+        # F.conv2d's own answer, kept for its shape: (N, 0, OH, OW) for zero input channels, where the math
+        # would give relu(bias) in C_out channels.
+        out = F.relu(F.conv2d(input, weight, bias, stride, padding, groups=groups))
+    elif backend(input.device) == "torch":
         out = reference.conv2d_relu(input, weight, bias, stride, padding, groups)
     else:
         out = torch.ops.alexnet_triton.conv2d_relu(input, weight, bias, list(stride), list(padding), groups)
@@ -214,13 +251,14 @@ def _local_response_norm_grad(ctx, grad_out):
 register_autograd(_local_response_norm, _local_response_norm_grad, setup_context=_local_response_norm_setup_context)
 
 
+@_traced_as_one_call
 def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> Tensor:
     """Local response normalization across channels, exactly as ``F.local_response_norm``:
 
         out[c] = x[c] / (k + alpha / size * sum of x[j]^2 over the `size` channels around c) ** beta
 
-    input: (N, C, *) with at least one spatial dimension, any layout. PyTorch (and Caffe) divide alpha
-    by `size`; the 2012 paper does not, so the paper's LRN (k=2, n=5, alpha=1e-4, beta=0.75) is
+    input: (N, C, *) with at least one spatial dimension, any layout; empty in, empty out. PyTorch
+    (and Caffe) divide alpha by `size`; the 2012 paper does not, so the paper's LRN (k=2, n=5, alpha=1e-4, beta=0.75) is
     ``local_response_norm(x, size=5, alpha=5e-4, beta=0.75, k=2.0)``. alpha, beta and k are applied in
     fp32 (fp64 for fp64 input); fp16 / bf16 inputs are computed in fp32.
 
@@ -229,8 +267,6 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
     """
     check_tensor("input", input, min_ndim=3)
     size, alpha, beta, k = lrn_parameters(size, alpha, beta, k)
-    if input.shape[1] == 0 or input.numel() == 0:
-        raise ValueError(f"input must have channels and pixels, got shape {tuple(input.shape)}")
 
     if backend(input.device) == "torch":
         return reference.local_response_norm(input, size, alpha, beta, k)
@@ -285,6 +321,7 @@ def _max_pool2d_grad(ctx, grad_out, _grad_positions):
 register_autograd(_max_pool2d, _max_pool2d_grad, setup_context=_max_pool2d_setup_context)
 
 
+@_traced_as_one_call
 def max_pool2d(
     input: Tensor,
     kernel_size,
@@ -317,11 +354,13 @@ def max_pool2d(
     for axis, k, p in zip(("height", "width"), kernel, padding, strict=True):
         if p > k // 2:
             raise ValueError(f"padding {p} must be at most half the kernel's {axis} {k}")
+    if min(input.shape[-3:]) == 0:  # F.max_pool2d's rule: of a 4-D input only the batch may be empty
+        raise ValueError(
+            f"input has an empty channel or spatial dimension: shape {tuple(input.shape)}; only the batch may be empty"
+        )
     for axis, size, k, p in zip(("height", "width"), input.shape[-2:], kernel, padding, strict=True):
         if size + 2 * p < k:
             raise ValueError(f"input {axis} {size} + 2 x padding {p} is smaller than the kernel's {k}")
-    if min(input.shape[-3:]) == 0:
-        raise ValueError(f"input has an empty channel or spatial dimension: shape {tuple(input.shape)}")
 
     if backend(input.device) == "torch":
         return reference.max_pool2d(input, kernel, stride, padding)
@@ -357,6 +396,7 @@ def _dropout_grad(ctx, grad_out):
 register_autograd(_dropout, _dropout_grad, setup_context=_dropout_setup_context)
 
 
+@_traced_as_one_call
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, *, seed: int | None = None) -> Tensor:
     """Dropout with ``F.dropout`` semantics and no stored mask.
 

@@ -2,10 +2,18 @@
 arguments, parameters and state_dict keys are the same; what the fused op cannot do raises."""
 
 import torch
-from torch import Tensor
+from torch import Tensor, fx
 
 from alexnet_triton import functional
 from alexnet_triton.validation import lrn_parameters
+
+
+def _one_node_in_trace(module: torch.nn.Module, input: fx.Proxy) -> fx.Proxy:
+    """module as one call_module node of a torch.fx trace, as torch.fx records torch.nn's own modules: the
+    traced graph keeps the module itself, so a traced Dropout still follows train() and eval() and
+    unswap_fused_ops still finds it, and the op's checks never see a Proxy."""
+    tracer = input.tracer
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), (input,), {})
 
 
 class Conv2dReLU(torch.nn.Conv2d):
@@ -28,6 +36,8 @@ class Conv2dReLU(torch.nn.Conv2d):
             )
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return _one_node_in_trace(self, input)
         return functional.conv2d_relu(input, self.weight, self.bias, self.stride, self.padding, self.groups)
 
 
@@ -42,6 +52,8 @@ class LocalResponseNorm(torch.nn.LocalResponseNorm):
         super().__init__(*lrn_parameters(size, alpha, beta, k))
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return _one_node_in_trace(self, input)
         return functional.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
 
 
@@ -62,6 +74,8 @@ class MaxPool2d(torch.nn.MaxPool2d):
             raise ValueError("MaxPool2d does not return indices (it saves 1-byte window positions instead)")
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return _one_node_in_trace(self, input)
         return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding)
 
 
@@ -75,4 +89,6 @@ class Dropout(torch.nn.Dropout):
             raise ValueError("Dropout(inplace=True) is not supported: the fused op writes a new tensor")
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return _one_node_in_trace(self, input)
         return functional.dropout(input, self.p, self.training)

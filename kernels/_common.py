@@ -1,5 +1,6 @@
 """What the kernel files share: the interpreter switch, tile configs, output sizes, dtype rules, allocation."""
 
+import functools
 import os
 
 import torch
@@ -45,6 +46,36 @@ def launcher(kernel):
     return kernel if INTERPRET else wrap_triton(kernel)
 
 
+def bf16_in_fp32_under_interpreter(launch):
+    """Decorator for a host launcher: under the interpreter, bf16 tensor arguments are cast to fp32 for
+    the launch and the fp32 results rounded back to bf16 once. That is what a GPU computes: the
+    kernels load bf16 into fp32, accumulate in fp32 and round on their single store. Compiled kernels
+    are left exactly as they are.
+
+    Why: Triton's interpreter (3.8) keeps bf16 tiles as raw 16-bit integers, so tl.dot multiplies bit
+    patterns (conv returned 1.06e9 for 4), comparisons order them as integers and tl.full cannot make
+    them (max-pool raised). fp16 it computes correctly, so fp16 still runs the kernels as they are."""
+    if not INTERPRET:
+        return launch
+
+    def is_bf16(value) -> bool:
+        return isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16
+
+    def to_bf16(value):
+        return value.to(torch.bfloat16) if isinstance(value, torch.Tensor) and value.dtype == torch.float32 else value
+
+    @functools.wraps(launch)
+    def launch_in_fp32(*args, **kwargs):
+        if not any(is_bf16(value) for value in (*args, *kwargs.values())):
+            return launch(*args, **kwargs)
+        args = [arg.float() if is_bf16(arg) else arg for arg in args]
+        kwargs = {name: value.float() if is_bf16(value) else value for name, value in kwargs.items()}
+        result = launch(*args, **kwargs)
+        return tuple(map(to_bf16, result)) if isinstance(result, tuple) else to_bf16(result)
+
+    return launch_in_fp32
+
+
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output positions along one axis of a convolution or pool with zero padding, in floor mode (as
     F.conv2d, and F.max_pool2d with ceil_mode=False)."""
@@ -77,7 +108,20 @@ def empty(shape, *, like: torch.Tensor, dtype: torch.dtype | None = None, memory
 
 
 def suggest_memory_format(t: torch.Tensor) -> torch.memory_format:
-    """channels_last in, channels_last out (as cuDNN does); NCHW otherwise."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+    """The layout PyTorch gives the output of a 4-D op on t: c10's suggest_memory_format.
+
+    channels_last when t's strides, read in the order C, W, H, N, never decrease (each at least the
+    span of the dimension before it), which holds for views too, e.g. a channel slice of a
+    channels_last tensor; NCHW otherwise. Ambiguous strides fall back to NCHW as in PyTorch: a
+    broadcast channel dimension, an empty dimension, and N111-like shapes whose strides all agree."""
+    if t.dim() != 4:
+        return torch.contiguous_format
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return torch.contiguous_format
+    span = 0  # the memory the dimensions visited so far cover
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < span or (d == 0 and span == strides[1]):
+            return torch.contiguous_format
+        span = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return torch.channels_last

@@ -309,6 +309,14 @@ def _conv_wgrad_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
+def output_memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """The layout of the output and of both gradients, chosen as PyTorch's convolutions choose it:
+    channels_last when the input's or the weight's strides suggest it (views included), else NCHW."""
+    formats = (_common.suggest_memory_format(x), _common.suggest_memory_format(weight))
+    return torch.channels_last if torch.channels_last in formats else torch.contiguous_format
+
+
+@_common.bf16_in_fp32_under_interpreter
 def conv_relu_forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -323,7 +331,7 @@ def conv_relu_forward(
     OH = _common.output_size(H, KH, stride[0], padding[0])
     OW = _common.output_size(W, KW, stride[1], padding[1])
     C_out_g = C_out // groups
-    out = _common.empty((N, C_out, OH, OW), like=x, memory_format=_common.suggest_memory_format(x))
+    out = _common.empty((N, C_out, OH, OW), like=x, memory_format=output_memory_format(x, weight))
     gemm_m, gemm_k = N * OH * OW, C_in_g * KH * KW
     if gemm_m == 0:  # empty batch: nothing to launch
         return out
@@ -342,6 +350,7 @@ def conv_relu_forward(
     return out
 
 
+@_common.bf16_in_fp32_under_interpreter
 def conv_relu_input_grad(
     grad_out: torch.Tensor,
     out: torch.Tensor,
@@ -385,11 +394,13 @@ def _wgrad_splits(pixels: int, tiles: int, device: torch.device) -> int:
     return max(1, min(wanted, _MAX_WGRAD_SPLITS, pixels // _MIN_PIXELS_PER_SPLIT))
 
 
+@_common.bf16_in_fp32_under_interpreter
 def conv_relu_weight_grad(
     grad_out: torch.Tensor,
     out: torch.Tensor,
     x: torch.Tensor,
     weight_shape: list[int],
+    weight_memory_format: torch.memory_format,
     stride: tuple[int, int],
     padding: tuple[int, int],
     groups: int,
@@ -418,6 +429,6 @@ def conv_relu_weight_grad(
         HAS_BIAS=with_bias,
         TF32=_common.use_tf32(x.dtype),
     )
-    dw = partial_dw.sum(0).to(x.dtype)
+    dw = partial_dw.sum(0).to(x.dtype, memory_format=weight_memory_format)
     db = partial_db.sum(0).to(x.dtype) if with_bias else None
     return dw, db

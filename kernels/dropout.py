@@ -68,6 +68,7 @@ def _dropout_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
+@_common.bf16_in_fp32_under_interpreter
 def dropout(x: torch.Tensor, seed: torch.Tensor, p: float, memory_format: torch.memory_format) -> torch.Tensor:
     """Dropout of x with the mask drawn from `seed` (an int64 tensor of one element on x's device).
 

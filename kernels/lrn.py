@@ -169,6 +169,7 @@ def _size_meta(size: int) -> dict:
     return {"SIZE": size, "SIZE_P2": triton.next_power_of_2(size)}
 
 
+@_common.bf16_in_fp32_under_interpreter
 def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     """PyTorch-semantics LRN of a 4-D (N, C, H, W) tensor of any strides; output in x's layout."""
     N, C, H, W = x.shape
@@ -189,6 +190,7 @@ def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float)
     return out
 
 
+@_common.bf16_in_fp32_under_interpreter
 def lrn_backward(
     grad_out: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float
 ) -> torch.Tensor:

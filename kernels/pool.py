@@ -167,6 +167,7 @@ def _window_meta(kernel, stride, padding, channels_last: bool) -> dict:
     }
 
 
+@_common.bf16_in_fp32_under_interpreter
 def max_pool_forward(
     x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,6 +195,7 @@ def max_pool_forward(
     return out, pos
 
 
+@_common.bf16_in_fp32_under_interpreter
 def max_pool_backward(
     grad_out: torch.Tensor,
     pos: torch.Tensor,
