@@ -1,24 +1,15 @@
-"""The input pipeline: the built-in dataset, ImageFolder trees, the paper's augmentation (sections 2
-and 4.1), the crops a training loop reads (TrainingCrops, EvaluationCrops) and its loaders, with the
-sampler that resumes an epoch part-way (SkipFirst).
+"""Where images come from: the built-in dataset, ImageFolder trees and prepared stores, each giving
+(image (3, S, S) float in [0, 255], label) at S = resize_size(image_size); and the loaders a training
+loop reads them through, with the sampler that resumes an epoch part-way (SkipFirst). What the network
+sees of them (crops, flips, lighting, normalisation) is augmentation.py's.
 
-Every random choice for a training sample is drawn from a generator seeded by (run seed, epoch,
-sample index), so an epoch's data is the same whichever process or worker loads it, and a run that
-resumes mid-epoch sees exactly what it would have seen without the interruption.
-
-Images are float tensors of raw pixel values in [0, 255] with the per-channel means subtracted: the
-paper feeds "the (centered) raw RGB values of the pixels", and its N(0, 0.01) initialisation is
-scaled for them (with inputs in [0, 1] the signal fades layer by layer and nothing learns). The paper
-subtracts the mean image; the per-channel mean is the usual simplification. With standardize=True
-the centered values are also divided by the per-channel standard deviation, for the He
-initialisation, which expects unit-variance inputs. Sizes scale with the crop: the paper crops
-227 out of 256, so an image_size of s crops s out of round(s * 256 / 227).
+Sizes scale with the crop: the paper crops 227 out of 256, so an image_size of s crops s out of
+round(s * 256 / 227).
 """
 
 import math
 import os
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,68 +17,12 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-# ---------------------------------------------------------------------------------------------
-# The paper's augmentation
-# ---------------------------------------------------------------------------------------------
-
-PCA_ALPHA_STD = 0.1  # section 4.1: alpha ~ N(0, 0.1)
+from alexnet_triton import augmentation, store
 
 
 def resize_size(image_size: int) -> int:
     """The side images are rescaled and center-cropped to before the random crop (256 for 227)."""
     return round(image_size * 256 / 227)
-
-
-def rgb_statistics(images: torch.Tensor, standardize: bool = False) -> dict[str, torch.Tensor]:
-    """Per-channel mean (in [0, 255]) and the eigenvalues / eigenvectors of the RGB covariance of
-    pixel values scaled to [0, 1], of a batch of (N, 3, H, W) images in [0, 255]: what the mean
-    subtraction and "fancy PCA" need. (Eigenvalues on the [0, 1] scale, as in the common
-    implementations of the paper: 0.2175, 0.0188, 0.0045 for ImageNet.) "scale" multiplies the
-    centered pixels: 1, or 1 / std with standardize=True."""
-    pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double()
-    mean = pixels.mean(dim=1)
-    covariance = torch.cov(pixels / 255)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-    scale = 1 / pixels.std(dim=1).clamp_min(1e-6) if standardize else torch.ones(3, dtype=torch.float64)
-    return {
-        "mean": mean.float(),
-        "scale": scale.float(),
-        "eigenvalues": eigenvalues.clamp_min(0).float(),
-        "eigenvectors": eigenvectors.float(),
-    }
-
-
-def normalize(image: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Subtract the per-channel mean (and scale, when standardizing); image: (..., 3, H, W)."""
-    return (image - stats["mean"][:, None, None]) * stats["scale"][:, None, None]
-
-
-def pca_lighting(image: torch.Tensor, stats: dict, generator: torch.Generator) -> torch.Tensor:
-    """Section 4.1: add eigvecs @ (alpha * eigvals) to every pixel, alpha ~ N(0, 0.1) per image, in
-    [0, 1] units (a shift of a few grey levels: the illumination changes, the object does not)."""
-    alpha = torch.randn(3, generator=generator) * PCA_ALPHA_STD
-    shift = stats["eigenvectors"] @ (alpha * stats["eigenvalues"])
-    return image + 255 * shift[:, None, None]
-
-
-def train_transform(image: torch.Tensor, image_size: int, stats: dict, generator: torch.Generator) -> torch.Tensor:
-    """Random crop, horizontal flip, PCA lighting, mean subtraction; image: (3, S, S) in [0, 255]."""
-    side = image.shape[-1]
-    top, left = (int(torch.randint(0, side - image_size + 1, (1,), generator=generator)) for _ in range(2))
-    image = image[:, top : top + image_size, left : left + image_size]
-    if torch.rand((), generator=generator) < 0.5:
-        image = image.flip(-1)
-    return normalize(pca_lighting(image, stats, generator), stats)
-
-
-def eval_transform(image: torch.Tensor, image_size: int, stats: dict) -> torch.Tensor:
-    """The center crop, normalized."""
-    return normalize(TF.center_crop(image, [image_size]), stats)
-
-
-def ten_crops(image: torch.Tensor, image_size: int, stats: dict) -> torch.Tensor:
-    """(10, 3, s, s): the four corners and the center, and their horizontal flips (section 4.1)."""
-    return normalize(torch.stack(TF.ten_crop(image, [image_size])), stats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +107,32 @@ class ShapesDataset(Dataset):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def list_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(path, label)]) of an ImageFolder tree root/<class>/<image>, sorted; a folder that
+    is missing, empty or has no class subfolders is refused with a message naming it."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data folder {root!r} does not exist")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise ValueError(f"data folder {root!r} has no class subfolders (expected {root}/<class>/<image>)")
+    samples = [
+        (os.path.join(root, name, file), label)
+        for label, name in enumerate(classes)
+        for file in sorted(os.listdir(os.path.join(root, name)))
+        if file.lower().endswith(IMAGE_EXTENSIONS)
+    ]
+    if not samples:
+        raise ValueError(f"data folder {root!r} has class subfolders but no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return classes, samples
+
+
+def rescale_and_crop(image: Image.Image, side: int) -> torch.Tensor:
+    """(3, side, side) uint8: the image as RGB (grayscale, CMYK, palette and alpha images converted),
+    its shorter side rescaled to side, the centre kept (section 2)."""
+    pixels = TF.pil_to_tensor(image.convert("RGB"))
+    return TF.center_crop(TF.resize(pixels, [side], antialias=True), [side])
+
+
 class ImageFolderDataset(Dataset):
     """An ImageFolder tree (root/<class>/<image>), each image rescaled so its shorter side is S and
     center-cropped to S x S (section 2), S = resize_size(image_size).
@@ -182,19 +143,7 @@ class ImageFolderDataset(Dataset):
     """
 
     def __init__(self, root: str, image_size: int):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"data folder {root!r} does not exist")
-        self.classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-        if not self.classes:
-            raise ValueError(f"data folder {root!r} has no class subfolders (expected {root}/<class>/<image>)")
-        self.samples = [
-            (os.path.join(root, name, file), label)
-            for label, name in enumerate(self.classes)
-            for file in sorted(os.listdir(os.path.join(root, name)))
-            if file.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-        if not self.samples:
-            raise ValueError(f"data folder {root!r} has class subfolders but no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.classes, self.samples = list_image_folder(root)
         self.side = resize_size(image_size)
         self.labels = torch.tensor([label for _, label in self.samples])
 
@@ -203,9 +152,7 @@ class ImageFolderDataset(Dataset):
 
     def _load(self, path: str) -> torch.Tensor:
         with Image.open(path) as image:
-            image = TF.pil_to_tensor(image.convert("RGB"))
-        image = TF.resize(image, [self.side], antialias=True)  # shorter side -> S
-        return TF.center_crop(image, [self.side]).float()
+            return rescale_and_crop(image, self.side).float()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for offset in range(len(self.samples)):
@@ -222,51 +169,19 @@ class ImageFolderDataset(Dataset):
 # ---------------------------------------------------------------------------------------------
 
 
-class TrainingCrops(Dataset):
-    """The training set seen through the paper's augmentation: a random crop, a horizontal flip, PCA
-    lighting and normalisation, drawn from a generator seeded by the run's seed, the epoch and the
-    sample's index. Call set_epoch before each epoch (as with DistributedSampler)."""
-
-    def __init__(self, base: Dataset, image_size: int, stats: dict, seed: int):
-        self.base, self.image_size, self.stats, self.seed = base, image_size, stats, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.base[index]
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
-        return train_transform(image, self.image_size, self.stats, generator), label
-
-
-class EvaluationCrops(Dataset):
-    """A held-out set seen as the network is tested: the center crop, or (ten_crop=True) the ten crops
-    stacked, normalized."""
-
-    def __init__(self, base: Dataset, image_size: int, stats: dict, ten_crop: bool = False):
-        self.base, self.image_size, self.stats, self.ten_crop = base, image_size, stats, ten_crop
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.base[index]
-        view: Callable = ten_crops if self.ten_crop else eval_transform
-        return view(image, self.image_size, self.stats), label
-
-
 def load_datasets(
     root: str | None, image_size: int, train_size: int, val_size: int, seed: int
 ) -> tuple[Dataset, Dataset, list[str]]:
-    """(train, val, class names), the raw images before augmentation: an ImageFolder tree's train/ and
-    val/, or (root None) the built-in shapes of train_size and val_size images drawn from seed."""
+    """(train, val, class names), the raw images before augmentation: a prepared store's splits (see
+    store.py), an ImageFolder tree's train/ and val/, or (root None) the built-in shapes of train_size
+    and val_size images drawn from seed."""
     if root is None:
         train = ShapesDataset("train", train_size, image_size, seed=seed)
         val = ShapesDataset("val", val_size, image_size, seed=seed)
+    elif store.is_store(root):
+        train, val = store.StoreDataset(root, "train"), store.StoreDataset(root, "val")
+        if image_size > train.side:
+            raise ValueError(f"--image-size {image_size} is larger than the store's {train.side}x{train.side} images")
     else:
         train = ImageFolderDataset(os.path.join(root, "train"), image_size)
         val = ImageFolderDataset(os.path.join(root, "val"), image_size)
@@ -306,6 +221,14 @@ def make_loader(
     )
 
 
+def training_statistics(root: str | None, train: Dataset, seed: int, standardize: bool) -> dict[str, torch.Tensor]:
+    """A prepared store's statistics, computed over every training image when it was prepared; else
+    estimated from a sample of the training set."""
+    if root is not None and store.is_store(root):
+        return store.statistics(root, standardize)
+    return estimate_statistics(train, seed=seed, standardize=standardize)
+
+
 def estimate_statistics(
     dataset: Dataset, samples: int = 1000, seed: int = 0, standardize: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -313,4 +236,4 @@ def estimate_statistics(
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=generator)[:samples]
     images = torch.stack([dataset[int(i)][0] for i in indices])
-    return rgb_statistics(images, standardize)
+    return augmentation.rgb_statistics(images, standardize)

@@ -8,18 +8,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from alexnet_triton import checkpoint, data
+from alexnet_triton import checkpoint, data, input_pipeline
 from alexnet_triton.runtime import Runtime, all_reduce_sum, autocast, to_device
 from alexnet_triton.training_state import build_model
 
 
 @torch.no_grad()
-def evaluate(model, val_loader: DataLoader, args, runtime: Runtime, ten_crop: bool) -> dict:
-    """Loss and top-1 / top-5 error on the validation set (summed over all processes)."""
+def evaluate(model, val_loader: DataLoader, args, runtime: Runtime, ten_crop: bool, pipeline=None) -> dict:
+    """Loss and top-1 / top-5 error on the validation set (summed over all processes). pipeline (see
+    input_pipeline.py) turns a loader batch into crops on the device; None: the batch is the crops."""
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
-    for images, labels in val_loader:
-        images, labels = to_device(images, labels, runtime.device, args.channels_last)
+    for batch in val_loader:
+        if pipeline is None:
+            images, labels = to_device(*batch, runtime.device, args.channels_last)
+        else:
+            images, labels = pipeline.evaluation_batch(batch, runtime.device, args.channels_last)
         with autocast(args.amp, runtime.device):
             if ten_crop:  # (N, 10, 3, s, s): average the softmax over the crops (section 4.1)
                 n, crops = images.shape[:2]
@@ -52,10 +56,14 @@ def evaluate_checkpoint(args: argparse.Namespace, runtime: Runtime) -> dict:
     model = build_model(state.config, runtime.device, args.devices)
     model.load_state_dict(state.model)
     stats = {key: value.cpu() for key, value in state.stats.items()}
-    val_view = data.EvaluationCrops(val, image_size, stats, ten_crop=args.ten_crop)
-    sampler = DistributedSampler(val_view, runtime.world_size, runtime.rank, shuffle=False)
-    val_loader = data.make_loader(val_view, sampler, args.batch_size, args.workers, runtime.device, args.seed)
-    metrics = evaluate(model, val_loader, args, runtime, args.ten_crop)
+    pipeline = input_pipeline.choose(
+        val, val, image_size, stats, args.seed, runtime.device, args.ten_crop, args.augment
+    )
+    sampler = DistributedSampler(pipeline.evaluation, runtime.world_size, runtime.rank, shuffle=False)
+    val_loader = data.make_loader(
+        pipeline.evaluation, sampler, args.batch_size, args.workers, runtime.device, args.seed
+    )
+    metrics = evaluate(model, val_loader, args, runtime, args.ten_crop, pipeline)
     if runtime.is_main:
         crops = "ten crops" if args.ten_crop else "center crop"
         print(

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from alexnet_triton import checkpoint, data
+from alexnet_triton import checkpoint, data, input_pipeline
 from alexnet_triton.checkpoint import Position
 from alexnet_triton.evaluation import evaluate, evaluate_checkpoint
 from alexnet_triton.run_files import RunFiles
@@ -50,7 +50,6 @@ from alexnet_triton.runtime import (
     check_ranks_agree,
     start_runtime,
     stop_runtime,
-    to_device,
 )  # fmt: skip
 from alexnet_triton.training_state import TrainingState
 
@@ -68,7 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     io = parser.add_argument_group("data and output")
-    io.add_argument("--data", help="ImageFolder root with train/ and val/ (default: the built-in shapes dataset)")
+    io.add_argument(
+        "--data",
+        help="a store from python -m alexnet_triton.prepare, or an ImageFolder root with train/ and val/ "
+        "(default: the built-in shapes dataset)",
+    )
     io.add_argument("--train-size", type=int, default=BUILTIN["train_size"], help="built-in dataset: training images")
     io.add_argument("--val-size", type=int, default=BUILTIN["val_size"], help="built-in dataset: held-out images")
     io.add_argument("--output-dir", default="runs", help="where run directories are created")
@@ -101,6 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--devices", help="two devices, one per tower, e.g. cuda:0,cuda:1 (single process)")
     run.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision on GPU")
     run.add_argument("--channels-last", action="store_true", help="NHWC activations and weights")
+    run.add_argument(
+        "--augment",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="where crops, flips and lighting are made: auto = one fused GPU kernel for a prepared store on "
+        "CUDA, the loader workers otherwise",
+    )
     run.add_argument("--seed", type=int, default=0, help="seeds data, augmentation, initialisation and dropout")
     run.add_argument("--max-steps", type=int, help="stop (resumably, as Ctrl-C does) after this many steps")
     run.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue from a run directory or checkpoint")
@@ -122,9 +132,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------
 
 
-def train_one_epoch(model, state: TrainingState, train_loader, args, runtime: Runtime, stop, files: RunFiles):
+def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, runtime: Runtime, stop, files: RunFiles):
     """Train model (state.model, or its DistributedDataParallel wrapper) until the epoch ends, a stop is
-    requested or --max-steps is reached; returns the training metrics of the batches run in this call."""
+    requested or --max-steps is reached; returns the training metrics of the batches run in this call.
+    pipeline (input_pipeline.py) turns each loader batch into crops on the device."""
     optimizer, scaler, position = state.optimizer, state.scaler, state.position
     model.train()
     loss_sum = correct = count = 0.0
@@ -137,8 +148,8 @@ def train_one_epoch(model, state: TrainingState, train_loader, args, runtime: Ru
         disable=not runtime.is_main,
         dynamic_ncols=True,
     )
-    for images, labels in bar:
-        images, labels = to_device(images, labels, runtime.device, args.channels_last)
+    for batch in bar:
+        images, labels = pipeline.training_batch(batch, runtime.device, args.channels_last)
         with autocast(args.amp, runtime.device):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels)
@@ -199,7 +210,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
         args.data, args.image_size, args.train_size, args.val_size, args.seed
     )
     if resumed is None:  # He initialisation expects unit-variance inputs; the paper's, raw pixels
-        stats = data.estimate_statistics(train_set, seed=args.seed, standardize=args.init == "kaiming")
+        stats = data.training_statistics(args.data, train_set, args.seed, standardize=args.init == "kaiming")
     else:
         stats = resumed.stats
     state = TrainingState.start(args, runtime.device, classes, stats)
@@ -208,8 +219,10 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     position = state.position
     ddp_model = DistributedDataParallel(state.model) if runtime.world_size > 1 else state.model
 
-    train_view = data.TrainingCrops(train_set, args.image_size, state.stats, seed=args.seed)
-    val_view = data.EvaluationCrops(val_set, args.image_size, state.stats)
+    pipeline = input_pipeline.choose(
+        train_set, val_set, args.image_size, state.stats, args.seed, runtime.device, augment=args.augment
+    )
+    train_view, val_view = pipeline.training, pipeline.evaluation
     train_sampler = DistributedSampler(train_view, runtime.world_size, runtime.rank, shuffle=True, seed=args.seed)
     val_sampler = DistributedSampler(val_view, runtime.world_size, runtime.rank, shuffle=False)
     val_loader = data.make_loader(val_view, val_sampler, args.batch_size, args.workers, runtime.device, args.seed)
@@ -236,11 +249,11 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
             train_loader = data.make_loader(
                 train_view, remaining, args.batch_size, args.workers, runtime.device, args.seed
             )
-            train_metrics = train_one_epoch(ddp_model, state, train_loader, args, runtime, stop, files)
+            train_metrics = train_one_epoch(ddp_model, state, train_loader, pipeline, args, runtime, stop, files)
             if position.batches_done < math.ceil(len(train_sampler) / args.batch_size):  # stopped mid-epoch
                 save("last.pt")
                 return stopped(position, folder, runtime)
-            metrics = evaluate(ddp_model, val_loader, args, runtime, ten_crop=False)
+            metrics = evaluate(ddp_model, val_loader, args, runtime, ten_crop=False, pipeline=pipeline)
             state.scheduler.step(metrics["val_top1_error"])
             lr = state.optimizer.param_groups[0]["lr"]
             row = {"epoch": position.epoch + 1, "lr": lr, **train_metrics, **metrics}

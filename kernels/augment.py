@@ -98,6 +98,10 @@ def crop_normalize(
     (sample, top, left, flip). shift (M, 3) float32 is added to the 0-255 pixels (the PCA lighting),
     then mean (3,) is subtracted and the result multiplied by scale (3,). Boxes must lie inside the
     images; the caller draws them (data.py)."""
+    if _common.INTERPRET and dtype == torch.bfloat16:
+        # The interpreter does not round fp32 to bf16 as a GPU's store does (see _common): round once here.
+        fp32 = crop_normalize(images, boxes, shift, mean, scale, size, torch.float32, memory_format)
+        return fp32.to(torch.bfloat16)
     count = boxes.shape[0]
     out = _common.empty((count, 3, size, size), like=images, dtype=dtype, memory_format=memory_format)
     if count == 0 or size == 0:

@@ -4,14 +4,14 @@ through the command line in tests/test_train.py."""
 import pytest
 import torch
 
-from alexnet_triton import data, evaluation
+from alexnet_triton import augmentation, evaluation
 from alexnet_triton.runtime import Runtime
 
 
 def test_ten_crop_evaluation_averages_the_softmax_over_the_crops():
     image = torch.arange(3 * 10 * 12, dtype=torch.float32).reshape(3, 10, 12)
     stats = {"mean": torch.tensor([1.0, 2.0, 3.0]), "scale": torch.tensor([1.0, 0.5, 2.0])}
-    crops = data.ten_crops(image, 8, stats)
+    crops = augmentation.ten_crops(image, 8, stats)
 
     class Linear(torch.nn.Module):  # stands in for the network: logits from the crop's mean colour
         def forward(self, x):

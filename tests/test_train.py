@@ -19,7 +19,7 @@ import torch
 from helpers import reference_backend_env
 from PIL import Image
 
-from alexnet_triton import checkpoint
+from alexnet_triton import checkpoint, prepare
 
 TINY = ["--train-size", "128", "--val-size", "40", "--batch-size", "32", "--image-size", "67"]
 
@@ -169,3 +169,28 @@ def test_sigterm_saves_after_the_step_and_the_run_resumes(tmp_path):
     resumed = run_cli("--resume", "runs/stopped", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(step_losses(tmp_path / "runs" / "stopped")) == list(range(1, 13))
+
+
+def test_training_and_ten_crop_evaluation_from_a_prepared_store(tmp_path):
+    write_image_folder(tmp_path / "images")
+    manifest = prepare.prepare(str(tmp_path / "images"), str(tmp_path / "store"), side=76, workers=0)
+    trained = run_cli("--data", "store", "--image-size", "67", "--batch-size", "4", "--epochs", "1",
+                      "--name", "stored", cwd=tmp_path)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "12 training and 12 validation images, 2 classes" in trained.stdout
+    saved = checkpoint.read(str(tmp_path / "runs" / "stored"))
+    # The run normalizes with the store's statistics over every training image, not a sample's.
+    expected_mean = torch.tensor(manifest["statistics"]["mean"], dtype=torch.float32)
+    assert torch.equal(saved.stats["mean"], expected_mean)
+    evaluated = run_cli("--data", "store", "--evaluate", "runs/stored/best.pt", "--ten-crop", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "ten crops, 12 images" in evaluated.stdout
+
+
+def test_incomplete_store_is_refused_naming_its_manifest(tmp_path):
+    write_image_folder(tmp_path / "images")
+    prepare.prepare(str(tmp_path / "images"), str(tmp_path / "store"), side=76, workers=0)
+    (tmp_path / "store" / "manifest.json").unlink()
+    result = run_cli("--data", "store", "--image-size", "67", "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "not a complete prepared store" in result.stderr and "manifest.json" in result.stderr

@@ -1,0 +1,186 @@
+"""What the network sees (alexnet_triton/augmentation.py): the paper's augmentation and test-time crops on the
+CPU, and the same crops made on the device by one Triton kernel from uint8 images and the same draws (run
+here through Triton's interpreter)."""
+
+import pytest
+import torch
+from helpers import relative_error
+from torch.utils.data import default_collate
+
+from alexnet_triton import augmentation, data
+
+
+class ArraySplit:
+    """Stands in for a store split: uint8 (N, S, S, 3) images and their labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+class FloatView(torch.utils.data.Dataset):
+    """The same images as the CPU path reads them: (3, S, S) float in [0, 255]."""
+
+    def __init__(self, split: ArraySplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        return self.split.image(index).permute(2, 0, 1).float(), int(self.split.labels[index])
+
+
+def random_split(count: int, side: int) -> ArraySplit:
+    return ArraySplit(torch.randint(0, 256, (count, side, side, 3), dtype=torch.uint8), torch.arange(count) % 3)
+
+
+def random_stats(standardize: bool) -> dict:
+    images = torch.randint(0, 256, (4, 3, 9, 9)).float()
+    return augmentation.rgb_statistics(images, standardize=standardize)
+
+
+def test_pca_statistics_and_lighting_shift():
+    # Pixels with a known RGB covariance (in [0, 1] units) around a known mean.
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[0.20, 0.00, 0.00], [0.15, 0.05, 0.00], [0.10, 0.02, 0.03]])
+    pixels = torch.randn(200_000, 3, generator=generator) @ mixing.T
+    images = (pixels * 255 + torch.tensor([120.0, 110.0, 100.0])).T.reshape(3, 200, 1000)[None]
+    stats = augmentation.rgb_statistics(images)
+    torch.testing.assert_close(stats["mean"], torch.tensor([120.0, 110.0, 100.0]), atol=0.5, rtol=0)
+    covariance = stats["eigenvectors"] @ torch.diag(stats["eigenvalues"]) @ stats["eigenvectors"].T
+    torch.testing.assert_close(covariance, mixing @ mixing.T, atol=2e-4, rtol=0)
+
+    # The shift eigvecs @ (alpha * eigvals), alpha ~ N(0, 0.1): its covariance is V diag(0.01 l^2) V^T.
+    shifts = torch.stack(
+        [
+            augmentation.pca_shift(0.1 * torch.randn(3, generator=torch.Generator().manual_seed(i)), stats) / 255
+            for i in range(20_000)
+        ]
+    )
+    expected = stats["eigenvectors"] @ torch.diag(0.01 * stats["eigenvalues"] ** 2) @ stats["eigenvectors"].T
+    torch.testing.assert_close(torch.cov(shifts.T), expected, atol=3e-6, rtol=0.05)
+    assert shifts.mean(0).abs().max() < 3 * 0.1 * stats["eigenvalues"].max() / 20_000**0.5
+
+
+def test_ten_crops_follow_torchvisions_order():
+    image = torch.arange(3 * 10 * 12, dtype=torch.float32).reshape(3, 10, 12)
+    stats = {"mean": torch.tensor([1.0, 2.0, 3.0]), "scale": torch.tensor([1.0, 0.5, 2.0])}
+    crops = augmentation.ten_crops(image, 8, stats)
+    assert crops.shape == (10, 3, 8, 8)
+    corner = (image[:, :8, :8] - stats["mean"][:, None, None]) * stats["scale"][:, None, None]
+    assert torch.equal(crops[0], corner), "the first crop is the top-left corner"
+    # Crops 5-9 are the corners and center of the flipped image: the flip of the top-right is its top-left.
+    assert torch.equal(crops[5], crops[1].flip(-1)) and torch.equal(crops[9], crops[4].flip(-1))
+
+
+def test_evaluation_crops_are_the_center_crop_or_the_ten_crops():
+    base = data.ShapesDataset("val", 3, 67, seed=1)
+    stats = data.estimate_statistics(base)
+    center, label = augmentation.EvaluationCrops(base, 67, stats)[2]
+    assert center.shape == (3, 67, 67) and label == int(base.labels[2])
+    torch.testing.assert_close(center, augmentation.eval_transform(base[2][0], 67, stats), rtol=0, atol=0)
+    crops, _ = augmentation.EvaluationCrops(base, 67, stats, ten_crop=True)[2]
+    assert crops.shape == (10, 3, 67, 67)
+    assert torch.equal(crops[4], center), "the fifth of the ten crops is the center"
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index():
+    base = data.ShapesDataset("train", 4, 67, seed=0)
+    stats = data.estimate_statistics(base)
+    view = augmentation.TrainingCrops(base, 67, stats, seed=5)
+    view.set_epoch(2)
+    sample = view[3][0]
+    assert sample.shape == (3, 67, 67)
+    assert torch.equal(view[3][0], sample)
+    view.set_epoch(3)
+    assert not torch.equal(view[3][0], sample)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_training_crops_on_the_device_equal_the_cpu_crops_for_the_same_draws(standardize):
+    split, stats = random_split(12, 15), random_stats(standardize)
+    cpu = augmentation.TrainingCrops(FloatView(split), 11, stats, seed=7)
+    draws = augmentation.TrainingDraws(split, 11, stats, seed=7)
+    for epoch in (0, 3):
+        cpu.set_epoch(epoch)
+        draws.set_epoch(epoch)
+        expected = torch.stack([cpu[i][0] for i in range(len(split))])
+        images, boxes, shift, labels = default_collate([draws[i] for i in range(len(split))])
+        assert set(boxes[:, 2].tolist()) == {0, 1}, "both flipped and unflipped crops are compared"
+        assert torch.equal(labels, split.labels)
+        crops = augmentation.crop_on_device(images, augmentation.training_boxes(boxes), stats, 11, shift=shift)
+        assert crops.shape == (12, 3, 11, 11)
+        assert relative_error(crops, expected) < 1e-6
+
+
+@pytest.mark.parametrize("side, size", [(15, 11), (14, 11), (9, 9)])
+def test_centre_and_ten_crops_on_the_device_equal_torchvisions(side, size):
+    split, stats = random_split(3, side), random_stats(standardize=True)
+    images = torch.stack([split.image(i) for i in range(3)])
+    for ten_crop, reference in ((False, augmentation.eval_transform), (True, augmentation.ten_crops)):
+        boxes = augmentation.evaluation_boxes(3, side, size, ten_crop, images.device)
+        crops = augmentation.crop_on_device(images, boxes, stats, size)
+        expected = torch.cat([reference(FloatView(split)[i][0], size, stats).reshape(-1, 3, size, size)
+                              for i in range(3)])  # fmt: skip
+        assert crops.shape == expected.shape
+        assert relative_error(crops, expected) < 1e-6, f"ten_crop={ten_crop}"
+
+
+def test_crops_at_the_borders_flipped_or_not():
+    split, stats = random_split(2, 10), random_stats(standardize=False)
+    images = torch.stack([split.image(i) for i in range(2)])
+    boxes = torch.tensor([[0, 0, 0, 1], [1, 4, 4, 1], [1, 4, 0, 0], [0, 0, 4, 0]], dtype=torch.int32)
+    shift = torch.randn(4, 3) * 5
+    crops = augmentation.crop_on_device(images, boxes, stats, 6, shift=shift)
+    for crop, (sample, top, left, flip), lighting in zip(crops, boxes.tolist(), shift, strict=True):
+        window = images[sample, top : top + 6, left : left + 6].permute(2, 0, 1).float()
+        window = window.flip(-1) if flip else window
+        expected = augmentation.normalize(window + lighting[:, None, None], stats)
+        assert relative_error(crop, expected) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_crops_come_in_the_training_dtype_and_memory_format(dtype):
+    split, stats = random_split(2, 12), random_stats(standardize=True)
+    images = torch.stack([split.image(i) for i in range(2)])
+    boxes = augmentation.evaluation_boxes(2, 12, 9, True, images.device)
+    reference = augmentation.crop_on_device(images, boxes, stats, 9)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        crops = augmentation.crop_on_device(images, boxes, stats, 9, dtype=dtype, memory_format=memory_format)
+        assert crops.dtype == dtype and crops.is_contiguous(memory_format=memory_format)
+        assert torch.equal(crops, reference.to(dtype)), "one rounding of the fp32 value"
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: {**a, "images": a["images"].float()}, "images must be uint8 \\(N, S, S, 3\\)"),
+        (lambda a: {**a, "images": a["images"].permute(0, 3, 1, 2)}, "images must be uint8 \\(N, S, S, 3\\)"),
+        (lambda a: {**a, "images": a["images"][:, :, :9]}, "images must be square"),
+        (lambda a: {**a, "image_size": 13}, "image_size must be in \\[1, 12\\]"),
+        (lambda a: {**a, "boxes": a["boxes"][:, :3]}, "boxes must be \\(M, 4\\)"),
+        (lambda a: {**a, "shift": torch.zeros(5, 3)}, "shift must be \\(2, 3\\)"),
+        (lambda a: {**a, "dtype": torch.int32}, "dtype must be a floating dtype"),
+    ],
+)
+def test_bad_arguments_name_the_argument(change, match):
+    valid = {
+        "images": torch.zeros(2, 12, 12, 3, dtype=torch.uint8),
+        "boxes": torch.zeros(2, 4, dtype=torch.int32),
+        "stats": random_stats(standardize=False),
+        "image_size": 8,
+        "shift": torch.zeros(2, 3),
+        "dtype": torch.float32,
+    }
+    arguments = change(valid)
+    with pytest.raises(ValueError, match=match):
+        augmentation.crop_on_device(
+            arguments.pop("images"), arguments.pop("boxes"), arguments.pop("stats"), arguments.pop("image_size"),
+            **arguments,
+        )  # fmt: skip
