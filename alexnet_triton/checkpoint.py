@@ -102,7 +102,7 @@ class TrainingCheckpoint:
     best_top1_error: float
     history: list[dict]  # the rows of metrics.jsonl so far
     rng: dict  # rng_state()
-    stats: dict[str, torch.Tensor]  # data.rgb_statistics of the training set
+    stats: dict[str, torch.Tensor]  # augmentation.rgb_statistics of the training set
     config: ModelConfig
     classes: list[str]
     args: dict  # the whole command line (vars(args)); its Recipe part is what a resume restores

@@ -147,7 +147,7 @@ class StoreDataset(Dataset):
 
 
 def statistics(root: str, standardize: bool = False) -> dict[str, torch.Tensor]:
-    """The training set's statistics in the form data.normalize and data.pca_lighting take: mean (0-255),
+    """The training set's statistics in the form augmentation.normalize and augmentation.pca_shift take: mean (0-255),
     scale (1, or 1 / std with standardize), eigenvalues and eigenvectors of the [0, 1] RGB covariance."""
     stats = read_manifest(root)["statistics"]
     std = torch.tensor(stats["std"], dtype=torch.float64)

@@ -40,7 +40,7 @@ class TrainingState:
     scaler: torch.amp.GradScaler
     config: ModelConfig
     classes: list[str]
-    stats: dict[str, torch.Tensor]  # data.rgb_statistics of the training set, on the CPU
+    stats: dict[str, torch.Tensor]  # augmentation.rgb_statistics of the training set, on the CPU
     position: Position = field(default_factory=Position)
     best_top1_error: float = math.inf
     history: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl so far
