@@ -41,6 +41,9 @@ def pytest_addoption(parser):
         "--bench-seconds", type=float, default=None, help="timing budget per benchmark (default 1 s on a GPU)"
     )
     group.addoption(
+        "--bench-input-images", type=int, default=64, help="JPEGs the input-pipeline benchmark writes and reads"
+    )
+    group.addoption(
         "--bench-cpu-compile",
         action="store_true",
         help="on a CPU, time torch.compile too (inductor builds C++, 10-20 s a graph; off by default)",

@@ -183,6 +183,32 @@ def swap_table(rows: dict[tuple, dict]) -> list[str]:
     return lines
 
 
+def input_table(rows: dict[tuple, dict]) -> list[str]:
+    """The input pipeline's rows: the CPU cost of a training image per core by each path (bench/test_input.py),
+    and the GPU augmentation kernel's rate."""
+    today = next((r["ours"] for k, r in rows.items() if k[0] == "input" and k[2] == "imagefolder"), None)
+    lines = [
+        "| path | dtype | format | images/s | per image | vs today's --data DIR path | achieved |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key in sorted(k for k in rows if k[0] == "input"):
+        _, _, path, _, dtype, memory_format = key
+        info = rows[key]["ours"]
+        if "images_per_s_per_core" in info:
+            rate = info["images_per_s_per_core"]
+            versus = fmt_ratio(rate / today["images_per_s_per_core"]) if today else "—"
+            lines.append(
+                f"| {path} | {dtype} | {memory_format} | {rate:,.0f} per core | {1e3 / rate:.3f} ms | {versus} | — |"
+            )
+        else:
+            rate = info["images_per_s"]
+            lines.append(
+                f"| {path} | {dtype} | {memory_format} | {rate:,.0f} | {fmt_time(1 / rate)} | — "
+                f"| {fmt_rate(info['gb_per_s'] * 1e9, 'B')} |"
+            )
+    return lines
+
+
 def goals(rows: dict[tuple, dict]) -> list[str]:
     """The project's goals, each judged from this run: met or missed where measured, and how many of the
     comparisons it needs are missing (a split or failed run), so a partial run never reads as met."""
@@ -252,6 +278,8 @@ def report(machine: dict, rows: dict[tuple, dict]) -> str:
     if any(key[0] == "swap" for key in rows):
         lines += ["## torchvision models, a training step as they are and after at.swap_fused_ops", ""]
         lines += [*swap_table(rows), ""]
+    if any(key[0] == "input" for key in rows):
+        lines += ["## The input pipeline (ImageNet-like JPEGs, 500x375)", "", *input_table(rows), ""]
     lines += [
         "Speed-ups are time(theirs) / time(ours). Roofline: the slower of the op's FLOPs at the measured "
         "matrix-product rate and its unavoidable bytes at the measured copy bandwidth, over its time. "
@@ -268,7 +296,8 @@ def chart(machine: dict, rows: dict[tuple, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted(rows, key=lambda k: (k[0] != "network", k[1] in OPS and OPS.index(k[1]), *k[2:]))
+    compared = [key for key in rows if key[0] != "input"]  # the input rows compare paths, not implementations
+    keys = sorted(compared, key=lambda k: (k[0] != "network", k[1] in OPS and OPS.index(k[1]), *k[2:]))
     labels = [("torchvision " if key[0] == "swap" else "") + " ".join(map(str, key[2:])) for key in keys]
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(keys) + 1.5))
     positions = range(len(keys))

@@ -97,3 +97,24 @@ def test_report_merges_split_runs_of_one_device(tmp_path, capsys):
     write_results(tmp_path / "other.json", [result("dropout", "dropout6", "forward", "eager", 3e-3)], device="B")
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "ours.json"), str(tmp_path / "other.json")])
+
+
+def test_input_pipeline_table_compares_each_path_with_todays(tmp_path):
+    def path_result(layer, seconds, images=64, **extra):
+        key = {"kind": "input", "op": "input", "layer": layer, "direction": "training", "dtype": "uint8"}
+        info = {**key, "memory_format": "-", "implementation": "ours", "images": images, "median_s": seconds, **extra}
+        if "images_per_s" not in extra:
+            info["images_per_s_per_core"] = images / seconds
+        return {"name": layer, "extra_info": info}
+
+    benchmarks = [
+        path_result("imagefolder", 0.5),  # 128 images/s
+        path_result("store, gpu kernel", 0.0128),  # 5,000 images/s: 39x
+        path_result("gpu kernel (one batch)", 1e-3, images=128, images_per_s=128_000.0, gb_per_s=100.0),
+    ]
+    write_results(tmp_path / "results.json", benchmarks)
+    assert report.main([str(tmp_path / "results.json"), "--out", str(tmp_path / "run")]) == 0
+    text = (tmp_path / "run.md").read_text()
+    assert "| store, gpu kernel | uint8 | - | 5,000 per core | 0.200 ms | 39.06x | — |" in text
+    assert "| imagefolder | uint8 | - | 128 per core | 7.812 ms | 1.00x | — |" in text
+    assert "| gpu kernel (one batch) | uint8 | - | 128,000 | 0.008 ms | — | 100.0 GB/s |" in text
