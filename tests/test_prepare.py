@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -181,3 +183,32 @@ def test_cli_prepares_and_a_second_run_changes_nothing(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert (out / store.MANIFEST).stat().st_mtime_ns == mtime
     assert manifest["side"] == 20
+
+
+SLOW_PREPARE = """
+import sys, time
+from alexnet_triton import prepare
+load_image = prepare.load_image
+prepare.load_image = lambda path, side: (time.sleep(0.02), load_image(path, side))[1]  # long enough to be killed
+prepare.prepare(sys.argv[1], sys.argv[2], side=16, workers=0)
+"""
+
+
+def test_killed_mid_way_then_rerun_gives_the_store_of_an_uninterrupted_run(tmp_path):
+    root, whole, part = tmp_path / "images", tmp_path / "whole", tmp_path / "part"
+    write_tree(root, per_class=120, awkward=False)
+    prepare.prepare(str(root), str(whole), side=16, workers=0)
+    process = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(root), str(part)], env=reference_backend_env())
+    status_path = store.split_file(part, "train", "status")
+    deadline = time.monotonic() + 120
+    while not (os.path.exists(status_path) and (np.load(status_path) == store.DONE).sum() >= prepare.CHUNK):
+        assert process.poll() is None and time.monotonic() < deadline, "preparation ended before it was killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = (np.load(status_path) != store.TODO).sum()
+    assert 0 < done < 240 and not (part / store.MANIFEST).exists()
+    prepare.prepare(str(root), str(part), side=16, workers=0)
+    whole_arrays, part_arrays = arrays(whole), arrays(part)
+    for name in whole_arrays:
+        assert np.array_equal(whole_arrays[name], part_arrays[name]), name
