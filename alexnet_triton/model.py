@@ -292,18 +292,22 @@ class AlexNet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """images: (N, 3, image_size, image_size) -> logits (N, num_classes) on the first tower's device."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"images are {tuple(images.shape[-2:])} but this AlexNet was built for image_size={self.image_size}"
-            )
+        _check_images(images, self.image_size)
         x = [images.to(tower.device, non_blocking=True) for tower in self.towers]
         for stage in STAGES:  # conv1-2 | exchange, conv3-5 | exchange, fc6 | exchange, fc7 | exchange, fc8
             if stage[0].reads == "both towers":
                 x = self.exchange(x)
             x = self._each_tower(stage, x)
         return torch.cat([logits.to(self.devices[0], non_blocking=True) for logits in x], dim=1)
+
+
+@torch.fx.wrap  # a symbolic trace records the check as one call, which runs on real images
+def _check_images(images: Tensor, image_size: int) -> None:
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
+    if images.shape[-2:] != (image_size, image_size):
+        size = tuple(images.shape[-2:])
+        raise ValueError(f"images are {size} but this AlexNet was built for image_size={image_size}")
 
 
 def _existing_device(name: str, device: str | torch.device) -> torch.device:
