@@ -45,6 +45,8 @@ def test_symbolic_trace_of_a_swapped_torchvision_model(make, size, device):
     x = torch.randn(1, 3, size, size, device=device)
     with torch.no_grad():
         assert torch.equal(traced(x), model(x))
+    with pytest.raises(ValueError, match="built for image_size=67"):  # the trace keeps the model's check
+        traced(torch.randn(1, 3, 60, 60, device=device))
 
 
 def test_traced_dropout_follows_train_and_eval(device):
@@ -121,12 +123,6 @@ def test_functions_trace_as_one_call_each(device):
         assert torch.equal(traced(x), model(x))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=fx.proxy.TraceError,
-    reason="AlexNet.forward checks the images' shape with Python branches (alexnet_triton/model.py), which a "
-    "symbolic trace cannot take; the ops and modules themselves trace",
-)
 def test_symbolic_trace_of_the_papers_alexnet(device):
     model = at.AlexNet(num_classes=10, image_size=67).to(device).eval()
     traced = fx.symbolic_trace(model)
