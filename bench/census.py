@@ -1,0 +1,350 @@
+"""A static census of the kernels as an H100 would run them: every kernel x config x dtype compiled for sm_90
+offline, and its SASS read.
+
+    python -m bench.census                                  # every kernel, config and dtype (minutes)
+    python -m bench.census --kernel conv --out census.md    # the kernels whose name contains "conv"
+
+Per compiled variant: registers per thread, spill bytes (stores/loads), shared memory, compile seconds, and the hot
+loop, the innermost loop that holds the most tensor-core instructions (without any, the longest innermost loop):
+its length in instructions, its tensor-core instructions (HGMMA on Hopper, HMMA), async copies into shared memory
+(LDGSTS, and TMA's UTMALDG), 128-bit global loads, and the modeled issue bound.
+
+The modeled issue bound compares two cycle counts of one trip round the hot loop on one SM: the cycles the tensor
+cores need for the loop's FLOPs (4096 bf16/fp16 FLOP or 2048 TF32 FLOP per clock per SM on an H100) against the
+cycles its instructions take to issue (length x warps / 4 schedulers, one instruction per clock each). 1.0 means
+issuing the loop's instructions need not slow the tensor cores; 0.1 means it keeps them at most 10% busy. It bounds
+issue only: memory bandwidth, latency, occupancy and bank conflicts are not in it. Everything here is static:
+nothing runs on a GPU.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+
+# Dense tensor-core FLOP per clock per SM on an H100 (989 bf16 TFLOP/s = 132 SMs x 1.83 GHz x 4096), by the
+# precision an MMA multiplies in. fp32 without TF32 and fp64 run tl.dot on the FMA units: no bound is modeled.
+TENSOR_FLOP_PER_CLOCK = {"bf16": 4096, "fp16": 4096, "tf32": 2048}
+ISSUE_SLOTS_PER_CLOCK = 4  # warp schedulers per SM, each issuing one instruction per clock
+
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+# One instruction of cuobjdump -sass: /*0a30*/  @!P1 BRA 0x73c0 ;  /* encoding */
+_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)\s*(.*?)\s*;")
+_FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    address: int
+    opcode: str  # with its modifiers: HGMMA.64x64x16.F32.BF16
+    operands: str
+    predicated: bool
+
+
+def parse_sass(text: str) -> dict[str, list[Instruction]]:
+    """cuobjdump -sass output -> function name -> its instructions in address order."""
+    functions: dict[str, list[Instruction]] = {}
+    current = None
+    for line in text.splitlines():
+        found = _FUNCTION.match(line)
+        if found:
+            current = functions.setdefault(found.group(1), [])
+            continue
+        found = _INSTRUCTION.match(line)
+        if found and current is not None:
+            address, predicate, opcode, operands = found.groups()
+            current.append(Instruction(int(address, 16), opcode, operands, predicate is not None))
+    return functions
+
+
+def branch_target(instruction: Instruction) -> int | None:
+    """The address a direct branch jumps to, or None for any other instruction."""
+    if instruction.opcode.split(".")[0] != "BRA":
+        return None
+    found = re.match(r"(?:`\()?\s*0x([0-9a-f]+)", instruction.operands)
+    return int(found.group(1), 16) if found else None
+
+
+def loops(instructions: list[Instruction]) -> list[tuple[int, int]]:
+    """Loops as (first, last) instruction indices: a branch back to an earlier address. Back edges from blocks the
+    compiler parks after the exit (a barrier's retry path jumping into the loop) are not loops: a loop's span
+    holds no EXIT."""
+    index = {instruction.address: i for i, instruction in enumerate(instructions)}
+    found = []
+    for last, instruction in enumerate(instructions):
+        target = branch_target(instruction)
+        if target is None or target > instruction.address or target not in index:
+            continue
+        first = index[target]
+        if not any(instructions[i].opcode.startswith("EXIT") for i in range(first, last + 1)):
+            found.append((first, last))
+    return found
+
+
+def is_tensor_core(opcode: str) -> bool:
+    return opcode.startswith(("HGMMA", "HMMA"))
+
+
+def innermost(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The loops that contain no other loop."""
+    return [(a, b) for a, b in spans if not any((c, d) != (a, b) and a <= c and d <= b for c, d in spans)]
+
+
+def hot_loop(instructions: list[Instruction]) -> list[Instruction] | None:
+    """The loop holding the most tensor-core instructions (of those, the shortest: the innermost); without any,
+    the longest innermost loop; None for straight-line code."""
+    spans = loops(instructions)
+
+    def tensor_core_count(span):
+        return sum(is_tensor_core(i.opcode) for i in instructions[span[0] : span[1] + 1])
+
+    counts = {span: tensor_core_count(span) for span in spans}
+    if any(counts.values()):
+        first, last = max(spans, key=lambda span: (counts[span], span[0] - span[1]))
+    elif spans:
+        first, last = max(innermost(spans), key=lambda span: span[1] - span[0])
+    else:
+        return None
+    return instructions[first : last + 1]
+
+
+def mma_flops(opcode: str) -> tuple[int, str] | None:
+    """FLOPs of one tensor-core instruction and who issues it as a unit: HGMMA.MxNxK is one warpgroup's (4 warps)
+    M x N x K product, HMMA.16816 / HMMA.1688 one warp's 16 x 8 x 16 / 16 x 8 x 8."""
+    found = re.match(r"HGMMA\.(\d+)x(\d+)x(\d+)", opcode)
+    if found:
+        m, n, k = map(int, found.groups())
+        return 2 * m * n * k, "warpgroup"
+    found = re.match(r"HMMA\.(\d\d)(\d)(\d+)", opcode)
+    if found:
+        m, n, k = map(int, found.groups())
+        return 2 * m * n * k, "warp"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopCensus:
+    length: int  # instructions
+    tensor_core: int  # HGMMA / HMMA instructions
+    async_copies: int  # LDGSTS and UTMALDG
+    wide_loads: int  # 128-bit global loads, plain or async
+    flops_per_warp: float  # tensor-core FLOPs one warp's pass through the loop accounts for
+
+    def issue_bound(self, num_warps: int, precision: str) -> float | None:
+        """Tensor-core cycles / issue cycles of one trip for a block of num_warps warps, capped at 1; None where
+        the precision has no tensor-core rate or the loop has no tensor-core instruction."""
+        rate = TENSOR_FLOP_PER_CLOCK.get(precision)
+        if rate is None or self.tensor_core == 0:
+            return None
+        tensor_cycles = self.flops_per_warp * num_warps / rate
+        issue_cycles = self.length * num_warps / ISSUE_SLOTS_PER_CLOCK
+        return min(1.0, tensor_cycles / issue_cycles)
+
+
+def census_of_loop(body: list[Instruction]) -> LoopCensus:
+    flops = 0.0
+    for instruction in body:
+        mma = mma_flops(instruction.opcode)
+        if mma is not None:
+            amount, unit = mma
+            flops += amount / 4 if unit == "warpgroup" else amount  # a warpgroup's product, per warp
+    return LoopCensus(
+        length=len(body),
+        tensor_core=sum(is_tensor_core(i.opcode) for i in body),
+        async_copies=sum(i.opcode.startswith(("LDGSTS", "UTMALDG")) for i in body),
+        wide_loads=sum(i.opcode.startswith(("LDG", "LDGSTS")) and ".128" in i.opcode for i in body),
+        flops_per_warp=flops,
+    )
+
+
+def disassemble(cubin: str) -> str:
+    result = subprocess.run([str(CUOBJDUMP), "-sass", cubin], capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The census of compiled cases
+# ---------------------------------------------------------------------------------------------
+
+
+def precision(case: dict) -> str:
+    """What tl.dot multiplies in: tf32 for fp32 with TF32 on, else the tensors' dtype."""
+    return "tf32" if case["dtype"] == "fp32" and case["constexprs"].get("TF32") else case["dtype"]
+
+
+@dataclasses.dataclass
+class Row:
+    kernel: str
+    precision: str
+    variant: str
+    config: str
+    num_warps: int
+    error: str | None = None
+    registers: int | None = None
+    spill_stores: int | None = None
+    spill_loads: int | None = None
+    shared: int | None = None
+    seconds: float = 0.0
+    loop: LoopCensus | None = None
+
+    @property
+    def bound(self) -> float | None:
+        return self.loop.issue_bound(self.num_warps, self.precision) if self.loop else None
+
+    @property
+    def spills(self) -> bool:
+        return bool(self.spill_stores or self.spill_loads)
+
+
+def census_row(kernel: str, result: dict) -> Row:
+    """One compile result of bench.kernel_specs.compile_specs, with its SASS read."""
+    row = Row(kernel, precision(result), result["variant"], result["config"], result["options"]["num_warps"])
+    row.seconds = result.get("seconds", 0.0)
+    if "error" in result:
+        row.error = result["error"].splitlines()[0][:200] if result["error"] else "error"
+        return row
+    row.registers, row.shared = result["registers"], result["shared"]
+    row.spill_stores, row.spill_loads = result["spill_stores"] or 0, result["spill_loads"] or 0
+    functions = parse_sass(disassemble(result["cubin"]))
+    instructions = max(functions.values(), key=len) if functions else []
+    body = hot_loop(instructions)
+    row.loop = census_of_loop(body) if body else None
+    return row
+
+
+def take_census(specs, folder: Path, *, all_configs: bool = True) -> list[Row]:
+    from bench.kernel_specs import compile_specs  # imports the kernels: not needed to parse SASS
+
+    results = compile_specs(specs, folder, all_configs=all_configs, timeout=7200)
+    return [census_row(name, result) for name, outcomes in results.items() for result in outcomes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def _number(value, fmt="{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| kernel | precision | variant | config | registers | spill bytes st/ld | shared | compile s "
+        "| hot loop | tensor-core | async copies | 128-bit loads | issue bound |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        what = f"| {row.kernel} | {row.precision} | {row.variant} | {row.config} |"
+        if row.error:
+            lines.append(f"{what} error: {row.error} | | | {row.seconds:.1f} | | | | | |")
+            continue
+        loop = row.loop
+        lines.append(
+            f"{what} {row.registers} | {row.spill_stores}/{row.spill_loads} | {row.shared} | {row.seconds:.1f} "
+            f"| {_number(loop and loop.length)} | {_number(loop and loop.tensor_core)} "
+            f"| {_number(loop and loop.async_copies)} | {_number(loop and loop.wide_loads)} "
+            f"| {_number(row.bound, '{:.2f}')} |"
+        )
+    return lines
+
+
+def best_rows(rows: list[Row]) -> dict[tuple[str, str], Row]:
+    """(kernel, precision) -> its config without spills and with the highest issue bound (ties: shortest loop)."""
+    best: dict[tuple[str, str], Row] = {}
+    for row in rows:
+        if row.error or row.spills or row.bound is None:
+            continue
+        key = (row.kernel, row.precision)
+        held = best.get(key)
+        if held is None or (row.bound, -row.loop.length) > (held.bound, -held.loop.length):
+            best[key] = row
+    return best
+
+
+def summary(rows: list[Row]) -> list[str]:
+    lines = [
+        "| kernel | precision | best issue bound (no spills) | its config | hot loop | async copies "
+        "| configs | configs that spill | compile s (all configs) |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    best = best_rows(rows)
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.kernel, row.precision), []).append(row)
+    for key, group in groups.items():
+        chosen = best.get(key)
+        spilling = sum(row.spills for row in group)
+        seconds = sum(row.seconds for row in group)
+        if chosen is None:
+            lines.append(f"| {key[0]} | {key[1]} | - | - | - | - | {len(group)} | {spilling} | {seconds:.0f} |")
+            continue
+        lines.append(
+            f"| {key[0]} | {key[1]} | {chosen.bound:.2f} | {chosen.config} | {chosen.loop.length} "
+            f"| {chosen.loop.async_copies} | {len(group)} | {spilling} | {seconds:.0f} |"
+        )
+    return lines
+
+
+def report(rows: list[Row], *, title: str) -> str:
+    total = sum(row.seconds for row in rows)
+    spilling = [row for row in rows if row.spills]
+    head = [
+        f"# {title}",
+        "",
+        f"Static: compiled offline for sm_90 (an H100) with Triton {triton.__version__} on "
+        f"{datetime.date.today().isoformat()}, SASS read with cuobjdump; nothing ran on a GPU. "
+        "The issue bound models issue only (hot-loop instructions x warps / 4 schedulers against the tensor-core "
+        "cycles of the loop's FLOPs), not memory, latency or occupancy. See `bench/census.py`.",
+        "",
+        f"{len(rows)} compiled variants, {sum(1 for row in rows if row.error)} errors, {len(spilling)} with spills; "
+        f"{total:.0f} s of compilation in all (one core each).",
+        "",
+        "## Best config per kernel and precision",
+        "",
+        *summary(rows),
+        "",
+        "## Every variant",
+        "",
+        *table(rows),
+        "",
+    ]
+    return "\n".join(head)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernel", default="", help="only the kernels whose name contains this")
+    parser.add_argument("--default-configs", action="store_true", help="only each kernel's default configs")
+    parser.add_argument("--out", type=Path, help="write the markdown report here (else print it)")
+    parser.add_argument("--title", default="Static census of the kernels for sm_90")
+    args = parser.parse_args(argv)
+
+    from bench.kernel_specs import SPECS
+    from bench.offline_compile import missing_nvidia_backend
+
+    reason = missing_nvidia_backend()
+    if reason is not None:
+        sys.exit(f"cannot compile for sm_90 here: {reason}")
+    specs = [spec for spec in SPECS if args.kernel in spec.name]
+    if not specs:
+        sys.exit(f"no kernel's name contains {args.kernel!r}")
+    with tempfile.TemporaryDirectory() as folder:
+        rows = take_census(specs, Path(folder), all_configs=not args.default_configs)
+    text = report(rows, title=args.title)
+    if args.out:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
