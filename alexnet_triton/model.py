@@ -136,11 +136,16 @@ STAGES = _stages()
 
 class Tower(nn.Module):
     """One tower's layers, one per row of LAYERS (conv1 ... fc8), each followed by the modules its row
-    names: normN (LRN, or nn.Identity without LRN), poolN, dropN (dropout, or nn.Identity without)."""
+    names: normN (LRN, or nn.Identity without LRN), poolN, dropN (dropout, or nn.Identity without).
+
+    Where an LRN is followed by the paper's overlapping pool (layers 1 and 2), normN computes both in one
+    pass (at.nn.LRNMaxPool2d) and poolN is an nn.Identity, as swap_fused_ops leaves a fused pair; the
+    ablations without LRN or with the non-overlapping pool keep the separate modules."""
 
     def __init__(self, shapes: Sequence[LayerShape], classes: int, *, lrn: bool, overlapping_pool: bool, dropout: bool):
         super().__init__()
         pool_kernel, pool_stride = pool_window(overlapping_pool)
+        fuse_lrn_and_pool = lrn and overlapping_pool
         for shape in shapes:
             layer = shape.layer
             if layer.relu:
@@ -150,10 +155,16 @@ class Tower(nn.Module):
             else:
                 main = nn.Linear(shape.in_channels * shape.input_size**2, classes)
             self.add_module(layer.name, main)
-            if layer.lrn:
-                self.add_module(f"norm{layer.number}", fused.LocalResponseNorm(**PAPER_LRN) if lrn else nn.Identity())
-            if layer.pool:
-                self.add_module(f"pool{layer.number}", fused.MaxPool2d(pool_kernel, pool_stride))
+            if layer.lrn and layer.pool and fuse_lrn_and_pool:
+                norm = fused.LRNMaxPool2d(kernel_size=pool_kernel, stride=pool_stride, **PAPER_LRN)
+                self.add_module(f"norm{layer.number}", norm)
+                self.add_module(f"pool{layer.number}", nn.Identity())
+            else:
+                if layer.lrn:
+                    norm = fused.LocalResponseNorm(**PAPER_LRN) if lrn else nn.Identity()
+                    self.add_module(f"norm{layer.number}", norm)
+                if layer.pool:
+                    self.add_module(f"pool{layer.number}", fused.MaxPool2d(pool_kernel, pool_stride))
             if layer.dropout:
                 self.add_module(f"drop{layer.number}", fused.Dropout(DROPOUT_P) if dropout else nn.Identity())
 

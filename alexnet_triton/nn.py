@@ -79,6 +79,50 @@ class MaxPool2d(torch.nn.MaxPool2d):
         return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding)
 
 
+class LRNMaxPool2d(torch.nn.LocalResponseNorm, torch.nn.MaxPool2d):
+    """``nn.LocalResponseNorm`` then ``nn.MaxPool2d`` in one fused op (:func:`alexnet_triton.lrn_max_pool2d`).
+
+    AlexNet's layers 1 and 2: ``LRNMaxPool2d(5, 3, 2, alpha=5e-4, beta=0.75, k=2.0)``. It is an instance
+    of both modules it computes, holding the state of both (size, alpha, beta, k; kernel_size, stride,
+    padding, and the pool's dilation=1, ceil_mode=False, return_indices=False), so code that looks for
+    either kind finds it, and swap_fused_ops turns an ``nn.LocalResponseNorm`` into one by a class
+    change. Its arguments are checked at construction. No parameters: the state_dict is empty.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        kernel_size,
+        stride=None,
+        padding=0,
+        *,
+        alpha: float = 1e-4,
+        beta: float = 0.75,
+        k: float = 1.0,
+    ):
+        # Module's constructor only: the two parents' constructors each call the next in the MRO with
+        # their own arguments.
+        torch.nn.Module.__init__(self)
+        self.size, self.alpha, self.beta, self.k = lrn_parameters(size, alpha, beta, k)
+        functional.check_pool_window(kernel_size, stride, padding)
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = kernel_size if stride is None else stride  # as nn.MaxPool2d
+        self.dilation, self.return_indices, self.ceil_mode = 1, False, False
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return _one_node_in_trace(self, input)
+        return functional.lrn_max_pool2d(
+            input, self.size, self.kernel_size, self.stride, self.padding, alpha=self.alpha, beta=self.beta, k=self.k
+        )
+
+
 class Dropout(torch.nn.Dropout):
     """``nn.Dropout`` that stores no mask (:func:`alexnet_triton.dropout`): each call draws a seed from
     PyTorch's generator, and backward regenerates the mask from it. inplace=True is refused."""

@@ -1,4 +1,4 @@
-"""The four ops in plain PyTorch: what the tests compare against, and what runs on a CPU when the
+"""The ops in plain PyTorch: what the tests compare against, and what runs on a CPU when the
 Triton interpreter is off. Same signatures as alexnet_triton.functional."""
 
 import torch
@@ -27,6 +27,12 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
     return F.max_pool2d(input, kernel_size, stride, padding)
+
+
+def lrn_max_pool2d(
+    input: torch.Tensor, size: int, kernel_size, stride=None, padding=0, *, alpha=1e-4, beta=0.75, k=1.0
+) -> torch.Tensor:
+    return F.max_pool2d(F.local_response_norm(input, size, alpha, beta, k), kernel_size, stride, padding)
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, *, seed: int | None = None) -> torch.Tensor:

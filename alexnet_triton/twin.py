@@ -81,7 +81,8 @@ class GroupedAlexNet(nn.Module):
             model.num_classes,
             image_size=model.image_size,
             lrn=not isinstance(first.norm1, nn.Identity),
-            overlapping_pool=(first.pool1.kernel_size, first.pool1.stride) == pool_window(overlapping=True),
+            # pool5 has every pool's window, and is never fused with an LRN (pool1 may be an Identity).
+            overlapping_pool=(first.pool5.kernel_size, first.pool5.stride) == pool_window(overlapping=True),
             dropout=not isinstance(first.drop6, nn.Identity),
         ).to(model.devices[0])
         layers = [layer for layer in [*twin.features, *twin.classifier] if isinstance(layer, (nn.Conv2d, nn.Linear))]

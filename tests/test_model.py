@@ -1,6 +1,7 @@
 """at.AlexNet: the paper's shapes and parameter count, towers against the grouped plain-PyTorch twin,
 placement, the exchange, and the ablation switches."""
 
+import copy
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from helpers import TOLERANCE, assert_close, reference_backend_env, requires_cud
 from torch import nn
 
 import alexnet_triton as at
-from alexnet_triton.model import LAYERS, STAGES, feature_map_sizes, layer_shapes
+from alexnet_triton.model import LAYERS, OVERLAPPING_POOL, PAPER_LRN, STAGES, feature_map_sizes, layer_shapes
 from alexnet_triton.twin import GroupedAlexNet
 
 SMALL = 67  # the least image size whose maps survive to fc6 (pool5 is 1x1); keeps the interpreter quick
@@ -199,6 +200,47 @@ def test_each_ablation_changes_exactly_what_it_names(switch, check):
     assert changed == expected
     if "overlapping_pool" in switch:  # same output sizes (section 3.4), so the same parameters
         assert parameter_count(ablated) == parameter_count(base)
+
+
+@pytest.mark.parametrize(
+    "switch, norm, pool",
+    [
+        ({}, at.nn.LRNMaxPool2d, nn.Identity),
+        ({"lrn": False}, nn.Identity, at.nn.MaxPool2d),
+        ({"overlapping_pool": False}, at.nn.LocalResponseNorm, at.nn.MaxPool2d),
+    ],
+    ids=["paper", "no-lrn", "non-overlapping-pool"],
+)
+def test_layers_1_and_2_fuse_lrn_and_the_overlapping_pool(switch, norm, pool):
+    model = at.AlexNet(**switch)
+    for tower in model.towers:
+        for number in (1, 2):
+            assert type(getattr(tower, f"norm{number}")) is norm and type(getattr(tower, f"pool{number}")) is pool
+        assert type(tower.pool5) is at.nn.MaxPool2d
+    if not switch:
+        assert (tower.norm1.kernel_size, tower.norm1.stride) == OVERLAPPING_POOL
+        assert {name: getattr(tower.norm1, name) for name in PAPER_LRN} == PAPER_LRN
+
+
+def test_fused_lrn_and_pool_compute_what_the_separate_modules_do(device):
+    # float64, training mode (dropout on, drawing the same masks from the same seed): every output and gradient.
+    fused = small_net().to(device).double()
+    separate = copy.deepcopy(fused)
+    for tower in separate.towers:
+        for number in (1, 2):
+            setattr(tower, f"norm{number}", at.nn.LocalResponseNorm(**PAPER_LRN))
+            setattr(tower, f"pool{number}", at.nn.MaxPool2d(*OVERLAPPING_POOL))
+    assert list(separate.state_dict()) == list(fused.state_dict())
+    images = torch.randn(1, 3, SMALL, SMALL, device=device, dtype=torch.float64)
+    grad = torch.randn(1, 10, device=device, dtype=torch.float64)
+    logits = []
+    for model in (fused, separate):
+        torch.manual_seed(4)
+        logits.append(model(images))
+        logits[-1].backward(grad)
+    assert_close(*logits, TOLERANCE[torch.float64], "logits")
+    for (name, p), q in zip(fused.named_parameters(), separate.parameters(), strict=True):
+        assert_close(p.grad, q.grad, TOLERANCE[torch.float64], f"gradient of {name}")
 
 
 def test_one_tower_net_runs_and_has_about_the_same_parameters():

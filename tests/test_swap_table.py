@@ -2,6 +2,7 @@
 class under an option of swap_fused_ops, and a module the fused constructor refuses is left with its message."""
 
 import inspect
+from types import SimpleNamespace
 
 from swap_helpers import reasons
 from torch import nn
@@ -56,3 +57,14 @@ def test_max_pool_with_return_indices_is_left():
     at.swap_fused_ops(model)
     assert [type(m) for m in model] == [nn.MaxPool2d, at.nn.MaxPool2d]
     assert "does not return indices" in reasons(model.fused_ops_report)["0"]
+
+
+def test_an_lrn_tries_the_row_of_the_pair_it_may_start_before_its_own():
+    lrn, fused_pair = nn.LocalResponseNorm(3), at.nn.LRNMaxPool2d(3, 3, 2)
+    pair, alone = table.ops_replacing(lrn)
+    assert (pair.fused_class, alone.fused_class) == (at.nn.LRNMaxPool2d, at.nn.LocalResponseNorm)
+    assert table.op_of_fused(fused_pair) is pair and table.op_of_fused(at.nn.LocalResponseNorm(3)) is alone
+    # The pair's row builds from both modules' arguments (sequential.py's rule gathers them).
+    both = SimpleNamespace(size=3, alpha=1e-4, beta=0.75, k=1.0, kernel_size=3, stride=2, padding=2)
+    assert table.refusal(pair, both) == "padding 2 must be at most half the kernel's height 3"
+    assert table.refusal(pair, SimpleNamespace(**{**vars(both), "padding": 1})) is None

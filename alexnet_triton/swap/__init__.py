@@ -47,7 +47,11 @@ def swap_fused_ops(
     - ``nn.Conv2d`` run right before an ``nn.ReLU`` (consecutive children of an ``nn.Sequential``, at
       any depth) becomes one ``at.nn.Conv2dReLU``, and the ReLU's place an ``nn.Identity``, as
       ``torch.ao.quantization.fuse_modules`` leaves it, so indices and state_dict keys stay.
-    - ``nn.LocalResponseNorm``, ``nn.MaxPool2d`` and ``nn.Dropout`` become their at.nn counterparts.
+    - ``nn.LocalResponseNorm`` run right before an ``nn.MaxPool2d`` (in a Sequential, likewise) becomes
+      one ``at.nn.LRNMaxPool2d``, which takes the pool's arguments, and the pool's place an
+      ``nn.Identity``; ``lrn=False`` or ``max_pool=False`` leaves the pair unfused.
+    - Other ``nn.LocalResponseNorm``, ``nn.MaxPool2d`` and ``nn.Dropout`` modules become their at.nn
+      counterparts.
     - A conv with no ReLU module after it, whose output ``forward`` passes to ``F.relu``,
       ``torch.relu`` or ``.relu()`` (in place or not), is fused in a ``torch.fx`` trace of the model:
       the model returned is then a new ``torch.fx.GraphModule`` that shares the model's modules and
@@ -88,11 +92,13 @@ def unswap_fused_ops(model: nn.Module, *, verbose: bool = False) -> nn.Module:
     ``at.nn.Conv2dReLU`` followed by an ``nn.Identity`` in a Sequential becomes ``nn.Conv2d`` and
     ``nn.ReLU`` (with the ``inplace`` flag the ReLU had before a swap); in a ``torch.fx.GraphModule``
     each Conv2dReLU becomes an ``nn.Conv2d`` with the same parameters, followed by a ``torch.relu`` call.
+    ``at.nn.LRNMaxPool2d`` followed by an ``nn.Identity`` in a Sequential becomes ``nn.LocalResponseNorm``
+    and an ``nn.MaxPool2d`` with the fused module's pool arguments.
     The other modules go back to their torch.nn classes. Parameters stay the same objects and
-    state_dict keys do not change. A Conv2dReLU with neither (e.g. in :class:`at.AlexNet`) is left, as
-    no plain module computes it. A GraphModule returned by swap_fused_ops shares its modules with the
-    model it was traced from, so the classes change there too. The report is kept as
-    ``fused_ops_report``, as by swap_fused_ops.
+    state_dict keys do not change. A Conv2dReLU or LRNMaxPool2d with neither (e.g. in
+    :class:`at.AlexNet`) is left, as no plain module computes it. A GraphModule returned by
+    swap_fused_ops shares its modules with the model it was traced from, so the classes change there
+    too. The report is kept as ``fused_ops_report``, as by swap_fused_ops.
     """
     _check_module(model)
     report = SwapReport("unswap_fused_ops")
@@ -130,6 +136,8 @@ def _swap_by_first_row_that_applies(name, module, ops, wanted, layout, report, t
         rule = PAIR_RULES.get(op.fused_class)
         if not wanted[op.option]:
             reason = f"{op.option}=False"
+        elif rule is not None and rule.second_option is not None and not wanted[rule.second_option]:
+            reason = f"{rule.second_option}=False"
         elif rule is None:
             if not (reason := table.refusal(op, module)):
                 module.__class__ = op.fused_class

@@ -9,6 +9,7 @@ children run only through it, as fuse_modules does.
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from torch import nn
 
@@ -34,6 +35,8 @@ class PairRule:
     # When nothing in a Sequential runs after the first module, its second may be a call in forward,
     # which tracing.py fuses.
     traced: bool = False
+    # The swap_fused_ops keyword that, when False, leaves the second's kind alone, and so the pair too.
+    second_option: str | None = None
 
     def refusal(self, first: nn.Module, second: nn.Module | None) -> str | None:
         """Why the fused module would not compute first and second (None: a call in forward), or None."""
@@ -49,12 +52,44 @@ class PairRule:
                 setattr(identity, name, value)
 
 
+# What an nn.MaxPool2d holds: the arguments LRNMaxPool2d takes over from the pool it fuses.
+_POOL_ARGUMENTS = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
+
+
+@dataclass(frozen=True)
+class LRNMaxPoolRule(PairRule):
+    """nn.LocalResponseNorm then nn.MaxPool2d: the LRN module takes the pool's arguments as it becomes an
+    LRNMaxPool2d (an instance of both), the pool keeps them as it becomes an Identity, and a split gives
+    them back to the pool."""
+
+    def refusal(self, first: nn.Module, second: nn.Module | None) -> str | None:
+        if second is None:
+            return None  # sequential.refusal says that nothing follows
+        pool_row = table.OP_FOR_FUSED_CLASS[fused.MaxPool2d]
+        lrn_arguments = {name: getattr(first, name) for name in ("size", "alpha", "beta", "k")}
+        both = SimpleNamespace(**lrn_arguments, **{name: getattr(second, name) for name in _POOL_ARGUMENTS})
+        return table.refusal(pool_row, second) or table.refusal(self.op, both)
+
+    def fuse(self, first: nn.Module, second: nn.Module) -> None:
+        for name in _POOL_ARGUMENTS:
+            setattr(first, name, getattr(second, name))
+        super().fuse(first, second)
+
+    def split(self, fused_module: nn.Module, identity: nn.Identity) -> None:
+        pool_arguments = {name: getattr(fused_module, name) for name in _POOL_ARGUMENTS}
+        super().split(fused_module, identity)
+        for name, value in pool_arguments.items():
+            delattr(fused_module, name)
+            setattr(identity, name, value)  # the fused module's, which computed the pool until now
+
+
 # Each fused class that computes a pair, with its rule.
 PAIR_RULES = {
     rule.op.fused_class: rule
     for rule in [
         # A ReLU that was never one (an Identity put there by hand) becomes ReLU(inplace=False).
         PairRule(table.OP_FOR_FUSED_CLASS[fused.Conv2dReLU], nn.ReLU, {"inplace": False}, traced=True),
+        LRNMaxPoolRule(table.OP_FOR_FUSED_CLASS[fused.LRNMaxPool2d], nn.MaxPool2d, second_option="max_pool"),
     ]
 }
 

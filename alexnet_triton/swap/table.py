@@ -31,6 +31,22 @@ class FusedOp:
 
 FUSED_OPS = (
     FusedOp(nn.Conv2d, fused.Conv2dReLU, "conv_relu", lambda conv: conv_like(conv, fused.Conv2dReLU)),
+    # A pair (sequential.py's rule brings the pool's arguments): before the LRN's own row, so an LRN
+    # followed by a max-pool fuses with it, and one followed by anything else is swapped alone.
+    FusedOp(
+        nn.LocalResponseNorm,
+        fused.LRNMaxPool2d,
+        "lrn",
+        lambda lrn_and_pool: fused.LRNMaxPool2d(
+            lrn_and_pool.size,
+            lrn_and_pool.kernel_size,
+            lrn_and_pool.stride,
+            lrn_and_pool.padding,
+            alpha=lrn_and_pool.alpha,
+            beta=lrn_and_pool.beta,
+            k=lrn_and_pool.k,
+        ),
+    ),
     FusedOp(
         nn.LocalResponseNorm,
         fused.LocalResponseNorm,
