@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from alexnet_triton.kernels import _common, augment, conv, dropout, lrn, pool
+from alexnet_triton.kernels import _common, augment, conv, dropout, lrn, lrn_pool, pool
 
 from alexnet_triton.model import OVERLAPPING_POOL, PAPER_LRN
 from bench.offline_compile import compile_jobs
@@ -41,6 +41,8 @@ class KernelSpec:
     uses_dot: bool = False  # then its PTX must use tensor cores in fp32 with TF32, bf16 and fp16
     # The configs compiled by default; compile_cases(all_configs=True) compiles every one.
     default_configs: Callable[[list[triton.Config]], list[triton.Config]] = list
+    # The kernel file's list of GPU configs for this kernel (a file whose kernels tile differently has one each).
+    configs_attribute: str = "_GPU_CONFIGS"
 
     @property
     def function(self):
@@ -84,6 +86,22 @@ def pool_meta(dtype: str) -> list[dict]:
     ]
 
 
+def lrn_pool_fwd_meta(dtype: str) -> list[dict]:
+    """AlexNet's LRN window and overlapping pool, pool_meta's variants (both layouts, with and without padding)."""
+    return [{"SIZE": PAPER_LRN["size"], **window} for window in pool_meta(dtype)]
+
+
+def lrn_pool_bwd_meta(dtype: str) -> list[dict]:
+    """The same windows as the backward takes them: the LRN ring's width and the pooling windows per pixel (the
+    layout reaches it as strides only)."""
+    variants = []
+    for window in pool_meta(dtype):
+        window = {name: value for name, value in window.items() if name != "CHANNELS_LAST"}
+        per_pixel = lrn_pool._windows_per_pixel((window["KH"], window["KW"]), (window["SH"], window["SW"]))
+        variants.append({**lrn_meta(dtype)[0], **window, "WINDOWS_P2": triton.next_power_of_2(per_pixel)})
+    return variants
+
+
 # In the order they compile: the slowest (conv) first.
 SPECS = [
     KernelSpec(
@@ -104,6 +122,20 @@ SPECS = [
     KernelSpec(lrn._lrn_bwd_kernel, lrn_meta, floats=("alpha_over_size", "beta", "k", "two_alpha_beta_over_size")),
     KernelSpec(pool._max_pool_fwd_kernel, pool_meta, pointers={"pos_ptr": "*u8"}),
     KernelSpec(pool._max_pool_bwd_kernel, pool_meta, pointers={"pos_ptr": "*u8"}),
+    KernelSpec(
+        lrn_pool._lrn_max_pool_fwd_kernel,
+        lrn_pool_fwd_meta,
+        pointers={"pos_ptr": "*u8"},
+        floats=("alpha_over_size", "beta", "k"),
+        configs_attribute="_FWD_GPU_CONFIGS",
+    ),
+    KernelSpec(
+        lrn_pool._lrn_max_pool_bwd_kernel,
+        lrn_pool_bwd_meta,
+        pointers={"pos_ptr": "*u8"},
+        floats=("alpha_over_size", "beta", "k", "two_alpha_beta_over_size"),
+        configs_attribute="_BWD_GPU_CONFIGS",
+    ),
     KernelSpec(dropout._dropout_kernel, lambda dtype: [{}], pointers={"seed_ptr": "*i64"}, floats=("p", "scale")),
     KernelSpec(
         augment._crop_normalize_kernel,
@@ -147,7 +179,7 @@ def compile_cases(spec: KernelSpec, *, all_configs: bool = False) -> list[dict]:
     unknown = (set(spec.pointers) | set(spec.floats)) - set(flags)
     assert not unknown, f"{spec.name}: the spec names arguments the kernel does not have: {sorted(unknown)}"
     # The kernel file's list: under the interpreter the kernels are not autotuned.
-    configs = sys.modules[spec.function.__module__]._GPU_CONFIGS
+    configs = getattr(sys.modules[spec.function.__module__], spec.configs_attribute)
     configs = configs if all_configs else spec.default_configs(configs)
     cases = []
     for dtype in DTYPES:

@@ -41,15 +41,16 @@ from .lrn import _pixel_block, _pow_neg, _ring_push
 
 # Forward tiles: BLOCK_S output pixels x BLOCK_C channels, no loop, so the grid alone gives the
 # parallelism (AlexNet per tower at batch 128: 93k pooled pixels x 48 channels after conv1, 21.6k x 128
-# after conv2). Each output element issues KH*KW*SIZE loads (45 for AlexNet), mostly cache hits, so
-# tiles stay near one element per thread. Wider channel tiles suit channels_last (channels contiguous).
-# Not yet measured on a GPU for this project.
+# after conv2). Each output element keeps KH*KW*SIZE loads in flight (45 for AlexNet, mostly cache hits):
+# offline sm_90 compiles give about 70 registers at one element per thread and 110-170 at two to four
+# (fp32, no spills), so the tiles hold one or two elements per thread. Narrow pixel x wide channel tiles
+# suit channels_last (channels contiguous). Not yet measured on a GPU for this project.
 _FWD_GPU_CONFIGS = [
     triton.Config({"BLOCK_S": 64, "BLOCK_C": 2}, num_warps=4),
-    triton.Config({"BLOCK_S": 128, "BLOCK_C": 4}, num_warps=4),
-    triton.Config({"BLOCK_S": 32, "BLOCK_C": 8}, num_warps=4),
-    triton.Config({"BLOCK_S": 16, "BLOCK_C": 32}, num_warps=4),
-    triton.Config({"BLOCK_S": 64, "BLOCK_C": 16}, num_warps=8),
+    triton.Config({"BLOCK_S": 32, "BLOCK_C": 4}, num_warps=4),
+    triton.Config({"BLOCK_S": 16, "BLOCK_C": 8}, num_warps=4),
+    triton.Config({"BLOCK_S": 8, "BLOCK_C": 16}, num_warps=4),
+    triton.Config({"BLOCK_S": 64, "BLOCK_C": 4}, num_warps=4),
 ]
 
 # Backward: pixels per program, each program walking all channels (as kernels/lrn.py's backward; AlexNet
