@@ -5,11 +5,13 @@ and dicts (its fields, the nested dataclasses as dicts), so it opens with ``torc
 and never runs code. `save` writes it as databases write their files (durable.write_atomically): to a
 temporary file in the same folder, flushed and fsynced, renamed over the old one, then the folder
 fsynced so the rename itself survives a power cut. A crash or a full disk before the rename leaves the
-previous checkpoint intact, and no temporary file behind.
+previous checkpoint intact, and no temporary file behind. `save_same_as` gives a saved checkpoint a
+second name (best.pt for last.pt) the same way, without writing it twice.
 """
 
 import argparse
 import os
+import shutil
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -151,6 +153,26 @@ def save(state: dict, path: str) -> None:
     """Write state to path atomically and durably (durable.write_atomically: temp file, fsync, rename,
     fsync the folder)."""
     durable.write_atomically(path, lambda file: torch.save(state, file))
+
+
+def save_same_as(source: str, path: str) -> None:
+    """Make path hold the checkpoint already saved at source, atomically and durably, without writing it
+    again (a second name for its file: a later save replaces source's name, not the file). Where the
+    filesystem has no hard links, the bytes are copied."""
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        os.link(source, temporary)
+    except OSError:  # no hard links here (FAT, some network filesystems)
+        with open(source, "rb") as original:
+            durable.write_atomically(path, lambda file: shutil.copyfileobj(original, file))
+        return
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        os.remove(temporary)
+        raise
+    durable.sync_folder(folder)
 
 
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:

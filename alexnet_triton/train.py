@@ -262,8 +262,8 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
             improved = metrics["val_top1_error"] < state.best_top1_error
             state.best_top1_error = min(state.best_top1_error, metrics["val_top1_error"])
             save("last.pt")
-            if improved:
-                save("best.pt")
+            if improved and runtime.is_main:  # the same checkpoint: a second name, not a second write
+                checkpoint.save_same_as(os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt"))
             if runtime.is_main:
                 print_epoch(row)
             files.log_epoch(row, state.history, state.model)

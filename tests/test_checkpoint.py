@@ -172,3 +172,46 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
         checkpoint.save({"model": {"w": torch.zeros(3)}}, str(path))
     assert torch.equal(checkpoint.load(str(path))["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file may be left behind"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to tell a folder's descriptor")
+def test_save_same_as_names_the_saved_file_durably_and_later_saves_leave_it(tmp_path, monkeypatch):
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    checkpoint.save({"model": {"w": torch.ones(3)}}, str(last))
+    checkpoint.save({"model": {"w": torch.full((3,), 7.0)}}, str(best))
+    calls = []
+    record_fsyncs_and_renames(monkeypatch, tmp_path, calls)
+    checkpoint.save_same_as(str(last), str(best))
+    assert calls == [("replace", "best.pt"), ("fsync", "folder")], "the new name is made durable"
+    monkeypatch.undo()
+    assert os.path.samefile(last, best), "a second name, not a second write"
+    checkpoint.save({"model": {"w": torch.zeros(3)}}, str(last))
+    assert torch.equal(checkpoint.load(str(best))["model"]["w"], torch.ones(3))
+    assert torch.equal(checkpoint.load(str(last))["model"]["w"], torch.zeros(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_save_same_as_copies_where_there_are_no_hard_links(tmp_path, monkeypatch):
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    checkpoint.save({"model": {"w": torch.ones(3)}}, str(last))
+
+    def no_links(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    checkpoint.save_same_as(str(last), str(best))
+    assert not os.path.samefile(last, best)
+    assert torch.equal(checkpoint.load(str(best))["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"], "no temporary file left"
+
+
+def test_a_failed_rename_in_save_same_as_keeps_the_old_name_and_no_temporary(tmp_path, monkeypatch):
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    checkpoint.save({"model": {"w": torch.ones(3)}}, str(last))
+    checkpoint.save({"model": {"w": torch.full((3,), 7.0)}}, str(best))
+    record_fsyncs_and_renames(monkeypatch, tmp_path, [], "replace")
+    with pytest.raises(OSError, match="replace failed"):
+        checkpoint.save_same_as(str(last), str(best))
+    monkeypatch.undo()
+    assert torch.equal(checkpoint.load(str(best))["model"]["w"], torch.full((3,), 7.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
