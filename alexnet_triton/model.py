@@ -311,6 +311,24 @@ class AlexNet(nn.Module):
             x = self._each_tower(stage, x)
         return torch.cat([logits.to(self.devices[0], non_blocking=True) for logits in x], dim=1)
 
+    def features(self, images: Tensor) -> Tensor:
+        """images: (N, 3, image_size, image_size) -> fc7's activations (N, 4096 at full width; both towers'
+        2048, first tower first) on the first tower's device: the last hidden layer, after its ReLU and
+        before its dropout, which section 6.1 compares in Euclidean distance to find similar images.
+
+        Call .eval() first for the features of the trained network: in training mode dropout still acts
+        on fc6's output, which fc7 reads."""
+        _check_images(images, self.image_size)
+        x = [images.to(tower.device, non_blocking=True) for tower in self.towers]
+        *hidden, last_hidden, _output = STAGES  # ..., (fc7,), (fc8,)
+        for stage in hidden:
+            if stage[0].reads == "both towers":
+                x = self.exchange(x)
+            x = self._each_tower(stage, x)
+        (fc7,) = last_hidden  # run without what follows it (drop7)
+        x = [getattr(tower, fc7.name)(t) for tower, t in zip(self.towers, self.exchange(x), strict=True)]
+        return torch.cat([f.flatten(1).to(self.devices[0], non_blocking=True) for f in x], dim=1)
+
 
 @torch.fx.wrap  # a symbolic trace records the check as one call, which runs on real images
 def _check_images(images: Tensor, image_size: int) -> None:

@@ -1,6 +1,6 @@
 """A training run's outputs in its run directory: steps.csv (the loss of every step), metrics.jsonl (a
 row per epoch), TensorBoard events when tensorboard is installed, and the figures (curves.png,
-conv1_filters.png).
+conv1_filters.png, and at the run's end predictions.png and neighbours.png).
 
 Every row is flushed as it is written, so `tail -f steps.csv` follows the run and a process killed
 with SIGKILL loses no row it had written. Only the main process writes: the others open the files
@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from alexnet_triton import plots
+from alexnet_triton import figures, plots
 
 STEP_COLUMNS = ["step", "epoch", "loss", "lr"]
 
@@ -52,6 +52,11 @@ class RunFiles:
             self._tensorboard.flush()
         plots.training_curves(history, self.path("curves.png"))
         plots.conv1_filters(model, self.path("conv1_filters.png"))
+
+    def figure4(self, model: torch.nn.Module, train_set, val_set, stats: dict, image_size: int, classes: list[str]):
+        """predictions.png and neighbours.png (figures.py) of the network as it ends the run."""
+        if self.active:
+            figures.draw(model, train_set, val_set, stats, image_size, classes, self.folder)
 
     def close(self) -> None:
         if self._steps_file is not None:

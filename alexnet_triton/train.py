@@ -10,7 +10,8 @@
     python -m alexnet_triton.train --evaluate runs/NAME/best.pt --data ~/imagenet --ten-crop
 
 Each run writes into a run directory named on start: metrics.jsonl (a row per epoch), steps.csv (the
-loss of every step, flushed as it is written), curves.png, conv1_filters.png (figure 3), last.pt and
+loss of every step, flushed as it is written), curves.png, conv1_filters.png (figure 3),
+predictions.png and neighbours.png (figure 4, at the end; --evaluate draws them too), last.pt and
 best.pt (checkpoints, written atomically and durably), and TensorBoard events when tensorboard is
 installed. Ctrl-C or SIGTERM finishes the current step, saves last.pt and exits; --resume then continues
 exactly where the run stopped.
@@ -38,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from alexnet_triton import checkpoint, data, input_pipeline
+from alexnet_triton import checkpoint, data, figures, input_pipeline
 from alexnet_triton.checkpoint import Position
 from alexnet_triton.evaluation import evaluate, evaluate_checkpoint
 from alexnet_triton.run_files import RunFiles
@@ -269,6 +270,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
             files.log_epoch(row, state.history, state.model)
             if stop.requested or (args.max_steps is not None and position.global_step >= args.max_steps):
                 return stopped(position, folder, runtime)
+        files.figure4(state.model, train_set, val_set, state.stats, args.image_size, classes)  # the paper's figure 4
     if runtime.world_size > 1:
         check_ranks_agree(state.model, runtime)
     best = state.best_top1_error
@@ -297,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.evaluate:
             evaluate_checkpoint(args, runtime)
+            if runtime.is_main:  # the paper's figure 4 of this network, next to its checkpoint
+                figures.draw_for_checkpoint(
+                    args.evaluate, args.data, runtime.device, args.devices, args.train_size, args.val_size
+                )
         else:
             train(args, runtime)
     except (checkpoint.CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as error:
