@@ -104,15 +104,17 @@ def _conv2d_relu_backward(
     # Distinct empty tensors: an op's outputs may not alias each other.
     grad_input, grad_weight, grad_bias = (grad_out.new_empty(0) for _ in range(3))
     memory_format = conv_kernels.output_memory_format(input, weight)  # both gradients' layout, as in PyTorch
+    # ReLU's mask applied once, the bias gradient summed on the way; both products read the masked gradient.
+    masked, bias_grad = conv_kernels.relu_grad(grad_out, out, with_bias=need_bias)
     if need_input:
         grad_input = conv_kernels.conv_relu_input_grad(
-            grad_out, out, weight, list(input.shape), memory_format, stride, padding, groups
+            masked, weight, list(input.shape), memory_format, stride, padding, groups
         )
-    if need_weight or need_bias:
-        grad_weight, bias_grad = conv_kernels.conv_relu_weight_grad(
-            grad_out, out, input, list(weight.shape), memory_format, stride, padding, groups, with_bias=need_bias
+    if need_weight:
+        grad_weight = conv_kernels.conv_relu_weight_grad(
+            masked, input, list(weight.shape), memory_format, stride, padding, groups
         )
-        grad_bias = grad_bias if bias_grad is None else bias_grad
+    grad_bias = grad_bias if bias_grad is None else bias_grad
     return grad_input, grad_weight, grad_bias
 
 

@@ -6,7 +6,10 @@ pools, from `alexnet_triton.model`).
                                              # error or registers, spills, shared memory, cubin path
 
 Argument types come from the kernels' own Python signatures, so a renamed argument needs no change here unless
-it is one of a spec's `pointers` or `floats`.
+it is one of a spec's `pointers`, `floats` or `divisible`. A stride a variant sets to 1 is compiled as the constant
+Triton makes of it at run time (the conv kernels' channels_last fast path), and the arguments in `divisible` carry
+the multiple-of-16 hint Triton gives such values at run time (AlexNet's channel counts), so the code compiled here
+is the code a GPU runs on AlexNet's shapes.
 """
 
 import dataclasses
@@ -43,6 +46,12 @@ class KernelSpec:
     default_configs: Callable[[list[triton.Config]], list[triton.Config]] = list
     # The kernel file's list of GPU configs for this kernel (a file whose kernels tile differently has one each).
     configs_attribute: str = "_GPU_CONFIGS"
+    # (dtype, variant's meta) -> the configs the autotuner may pick for it, where that depends on them (conv: per
+    # precision); then default_configs is not used and only the first (the checked autotuner's reference) is
+    # compiled by default.
+    configs_for: Callable[[str, dict], list[triton.Config]] | None = None
+    # Integer arguments that are multiples of 16 on AlexNet's shapes (pointers always are): compiled with that hint.
+    divisible: tuple[str, ...] = ()
 
     @property
     def function(self):
@@ -62,13 +71,30 @@ def with_tf32(dtype: str, **meta) -> list[dict]:
     return [{**meta, "TF32": True}, {**meta, "TF32": False}] if dtype == "fp32" else [{**meta, "TF32": False}]
 
 
-def one_conv_config(configs: list[triton.Config]) -> list[triton.Config]:
-    """The conv kernels take 2-10 s per compile (minutes per kernel for all configs and dtypes), so by default only
-    BLOCK 64x64x64 with 4 warps: the cheapest to compile of the wgmma (4+ warps) configs, and one whose shared
-    memory every dtype fits."""
-    chosen = [c for c in configs if c.kwargs == {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64} and c.num_warps == 4]
-    assert chosen, "conv's _GPU_CONFIGS lost BLOCK 64x64x64 with 4 warps: choose another default in one_conv_config"
-    return chosen
+def conv_configs(lists: dict[str, list[triton.Config]]) -> Callable[[str, dict], list[triton.Config]]:
+    """A conv kernel's configs for a dtype and variant: its list for the precision tl.dot runs in."""
+
+    def configs_for(dtype: str, meta: dict) -> list[triton.Config]:
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
+        return lists[conv.precision_class(dtypes[dtype], meta.get("TF32", False))]
+
+    return configs_for
+
+
+# The conv kernels' fast path: channels_last activations and weights (unit channel strides, which Triton compiles
+# as constants), channel counts and the strides they make multiples of 16 (AlexNet's 48-384 channels per layer).
+CONV_FWD_LAYOUT = {"stride_x_c": 1, "stride_weight_cin": 1, "stride_out_c": 1}
+CONV_FWD_DIVISIBLE = (
+    "M", "C_in_g", "C_out_g",
+    "stride_x_n", "stride_x_h", "stride_x_w", "stride_weight_cout", "stride_weight_kh", "stride_weight_kw",
+    "stride_out_split", "stride_out_n", "stride_out_h", "stride_out_w",
+)  # fmt: skip
+
+
+def conv_fwd_meta(dtype: str) -> list[dict]:
+    """The forward (bias and ReLU) and the stride-1 input gradient it also runs (neither), channels_last."""
+    forward = with_tf32(dtype, HAS_BIAS=True, RELU=True, **CONV_FWD_LAYOUT)
+    return forward + with_tf32(dtype, HAS_BIAS=False, RELU=False, **CONV_FWD_LAYOUT)
 
 
 def lrn_meta(dtype: str) -> list[dict]:
@@ -106,17 +132,64 @@ def lrn_pool_bwd_meta(dtype: str) -> list[dict]:
 SPECS = [
     KernelSpec(
         conv._conv_fwd_kernel,
-        lambda dtype: with_tf32(dtype, HAS_BIAS=True),
+        conv_fwd_meta,
         uses_dot=True,
-        default_configs=one_conv_config,
+        configs_for=conv_configs(conv._FWD_CONFIGS),
+        divisible=CONV_FWD_DIVISIBLE,
     ),
-    KernelSpec(conv._conv_dgrad_kernel, with_tf32, uses_dot=True, default_configs=one_conv_config),
     KernelSpec(
         conv._conv_wgrad_kernel,
-        lambda dtype: with_tf32(dtype, HAS_BIAS=True),
-        pointers={"partial_dw_ptr": "*acc", "partial_db_ptr": "*acc"},
+        lambda dtype: with_tf32(dtype, stride_grad_c=1, stride_x_c=1, stride_partial_dw_cin=1),
+        pointers={"partial_dw_ptr": "*acc"},
         uses_dot=True,
-        default_configs=one_conv_config,
+        configs_for=conv_configs(conv._WGRAD_CONFIGS),
+        divisible=(
+            "C_out_g",
+            "C_in_g",
+            "PIXELS",
+            "stride_grad_pixel",
+            "stride_x_n",
+            "stride_x_h",
+            "stride_x_w",
+            "stride_partial_dw_split",
+            "stride_partial_dw_cout",
+            "stride_partial_dw_kh",
+            "stride_partial_dw_kw",
+        ),
+    ),
+    KernelSpec(
+        conv._conv_dgrad_gather_kernel,
+        lambda dtype: with_tf32(dtype, stride_grad_c=1, stride_weight_cin=1, stride_dx_c=1),
+        uses_dot=True,
+        configs_for=conv_configs(conv._GATHER_CONFIGS),
+        divisible=(
+            "GEMM_N",
+            "C_out_g",
+            "stride_grad_n",
+            "stride_grad_h",
+            "stride_grad_w",
+            "stride_weight_cout",
+            "stride_weight_kh",
+            "stride_weight_kw",
+            "stride_dx_n",
+            "stride_dx_h",
+            "stride_dx_w",
+        ),
+    ),
+    KernelSpec(
+        conv._relu_grad_kernel,
+        lambda dtype: [{"HAS_BIAS": bias, "stride_grad_c": 1, "stride_out_c": 1} for bias in (True, False)],
+        pointers={"partial_db_ptr": "*acc"},
+        configs_attribute="_MASK_CONFIGS",
+        divisible=(
+            "C",
+            "stride_grad_n",
+            "stride_grad_h",
+            "stride_grad_w",
+            "stride_out_n",
+            "stride_out_h",
+            "stride_out_w",
+        ),
     ),
     KernelSpec(lrn._lrn_fwd_kernel, lrn_meta, floats=("alpha_over_size", "beta", "k")),
     KernelSpec(lrn._lrn_bwd_kernel, lrn_meta, floats=("alpha_over_size", "beta", "k", "two_alpha_beta_over_size")),
@@ -158,11 +231,13 @@ def constexpr_flags(spec: KernelSpec) -> dict[str, bool]:
     }
 
 
-def signature(spec: KernelSpec, flags: dict[str, bool], dtype: str) -> dict[str, str]:
+def signature(spec: KernelSpec, flags: dict[str, bool], dtype: str, constants: dict) -> dict[str, str]:
+    """Argument name -> Triton type; an argument given a value in constants (a constexpr, or a runtime stride
+    of 1, which Triton specializes) is a constexpr."""
     acc = "fp64" if dtype == "fp64" else "fp32"
     types = {}
     for name, is_constexpr in flags.items():
-        if is_constexpr:
+        if is_constexpr or name in constants:
             types[name] = "constexpr"
         elif name in spec.pointers:
             types[name] = spec.pointers[name].replace("acc", acc)
@@ -173,17 +248,28 @@ def signature(spec: KernelSpec, flags: dict[str, bool], dtype: str) -> dict[str,
     return types
 
 
+def flags_only(name: str) -> bool:
+    """Whether a variant's setting is a layout detail (a unit stride) rather than a flag worth its label."""
+    return name.startswith("stride_")
+
+
 def compile_cases(spec: KernelSpec, *, all_configs: bool = False) -> list[dict]:
     """One case per (dtype, constexpr values, GPU config): the arguments of triton.compile, and labels."""
     flags = constexpr_flags(spec)
-    unknown = (set(spec.pointers) | set(spec.floats)) - set(flags)
+    unknown = (set(spec.pointers) | set(spec.floats) | set(spec.divisible)) - set(flags)
     assert not unknown, f"{spec.name}: the spec names arguments the kernel does not have: {sorted(unknown)}"
-    # The kernel file's list: under the interpreter the kernels are not autotuned.
-    configs = getattr(sys.modules[spec.function.__module__], spec.configs_attribute)
-    configs = configs if all_configs else spec.default_configs(configs)
+    divisible = [name for name in flags if name.endswith("_ptr") or name in spec.divisible]
     cases = []
     for dtype in DTYPES:
         for meta in spec.meta(dtype):
+            unknown = set(meta) - set(flags)
+            assert not unknown, f"{spec.name}: a variant sets arguments the kernel does not have: {sorted(unknown)}"
+            if spec.configs_for is not None:
+                configs = spec.configs_for(dtype, meta)
+                configs = configs if all_configs else configs[:1]
+            else:  # the kernel file's list: under the interpreter the kernels are not autotuned
+                configs = getattr(sys.modules[spec.function.__module__], spec.configs_attribute)
+                configs = configs if all_configs else spec.default_configs(configs)
             for config in configs:
                 constexprs = {**meta, **config.kwargs}
                 missing = {name for name, is_constexpr in flags.items() if is_constexpr} - set(constexprs)
@@ -195,12 +281,13 @@ def compile_cases(spec: KernelSpec, *, all_configs: bool = False) -> list[dict]:
                 cases.append(
                     {
                         "dtype": dtype,
-                        "variant": " ".join(f"{key}={value}" for key, value in meta.items()),
+                        "variant": " ".join(f"{key}={value}" for key, value in meta.items() if not flags_only(key)),
                         "config": " ".join(f"{key}={value}" for key, value in config.kwargs.items())
                         + f" warps={config.num_warps} stages={config.num_stages}",
                         "needs_tensor_cores": tensor_cores,
-                        "signature": signature(spec, flags, dtype),
+                        "signature": signature(spec, flags, dtype, constexprs),
                         "constexprs": constexprs,
+                        "divisible": [name for name in divisible if name not in constexprs],
                         "options": options,
                     }
                 )

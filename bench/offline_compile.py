@@ -2,8 +2,9 @@
 
 Triton compiles for a GPU target without a GPU or a driver (its NVIDIA backend ships ptxas). Each job names a
 kernel (module and attribute) and its cases, each the arguments of one `triton.compile`: a signature of Triton
-types, constexpr values and options (warps, stages). `compile_jobs` runs them in a fresh Python process, since
-TRITON_INTERPRET (which the tests set) is read when triton is imported, and returns, per case, its error or:
+types, constexpr values, the arguments to compile as multiples of 16 (`divisible`) and options (warps, stages).
+`compile_jobs` runs them in a fresh Python process, since TRITON_INTERPRET (which the tests set) is read when
+triton is imported, and returns, per case, its error or:
 
     shared        bytes of shared memory per block
     registers     per thread, and spill_stores / spill_loads in bytes, from ptxas's log
@@ -90,7 +91,9 @@ def compile_case(fn: triton.runtime.JITFunction, case: dict, cubin_path: str) ->
     start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG prints ptxas's log to stdout
-            source = ASTSource(fn, case["signature"], constexprs=case["constexprs"])
+            # Arguments Triton would see as multiples of 16 at run time carry that hint, as its launcher gives it.
+            divisible = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in case.get("divisible", ())}
+            source = ASTSource(fn, case["signature"], constexprs=case["constexprs"], attrs=divisible)
             compiled = triton.compile(source, target=GPUTarget(*SM_90), options=case["options"])
     except Exception as error:
         return {"error": f"{type(error).__name__}: {error}", "seconds": time.perf_counter() - start}

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import warnings
 
 import torch
 import triton
@@ -15,7 +16,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "tr
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def tuned(gpu_configs: list[triton.Config], key: list[str], interpreter_blocks):
+def tuned(gpu_configs: list[triton.Config], key: list[str], interpreter_blocks, *, prune=None, checked=()):
     """Decorator choosing a kernel's block sizes: autotuned over gpu_configs on a GPU; under the
     interpreter, interpreter_blocks(args) -> {name: value}, computed from the launch's sizes.
 
@@ -23,21 +24,111 @@ def tuned(gpu_configs: list[triton.Config], key: list[str], interpreter_blocks):
     program instances times the ops each runs, and tiles that match the problem (a batch-2 fully
     connected layer has 2 rows, not 128) save most of it. Nothing is benchmarked there.
 
+    On a GPU: prune(configs, args) -> the configs a launch may use (args: every argument by name); checked names
+    the output pointers of a kernel whose candidates are checked against each other (CheckedAutotuner). Tuning
+    results are kept on disk (Triton's cache), so a later run does not tune again.
+
     Every name in key must be an argument of the kernel: the autotuner silently leaves out one that is
     not, and would then reuse a config tuned for another shape or layout."""
 
     def decorate(kernel):
-        unknown = [name for name in key if name not in kernel.arg_names]
+        unknown = [name for name in [*key, *checked] if name not in kernel.arg_names]
         if unknown:
             raise ValueError(f"autotune key {unknown} names no argument of {kernel.fn.__name__}: {kernel.arg_names}")
         if not INTERPRET:
-            return triton.autotune(configs=gpu_configs, key=key)(kernel)
+
+            def early_prune(configs, named, **kwargs):  # Triton passes positional and keyword arguments apart
+                return prune(configs, {**named, **kwargs})
+
+            return CheckedAutotuner(
+                kernel,
+                kernel.arg_names,
+                gpu_configs,
+                key,
+                None,
+                None,
+                prune_configs_by={"early_config_prune": early_prune} if prune else None,
+                cache_results=True,
+                checked=checked,
+            )
         names = list(gpu_configs[0].kwargs)
         return triton.heuristics({name: (lambda args, name=name: interpreter_blocks(args)[name]) for name in names})(
             kernel
         )
 
     return decorate
+
+
+# How far a candidate config's output may stray from the first candidate's before it counts as miscompiled: well
+# above the rounding two summation orders give at each precision of the inputs, far below a wrong result (O(1)).
+AUTOTUNE_AGREEMENT = {torch.float64: 1e-9, torch.float32: 5e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+class CheckedAutotuner(triton.runtime.Autotuner):
+    """Triton's autotuner, which also runs each candidate once on the tuning inputs and compares the outputs named
+    in checked with the first candidate's: a config that disagrees beyond rounding is dropped (never picked), with
+    one warning naming kernel, config and error. Triton has miscompiled implicit-GEMM loops at num_warps=8
+    (triton-lang/triton#1254); a wrong kernel must not win by being fast. Each output is filled with NaN before a
+    candidate runs, so one that leaves elements unwritten disagrees too."""
+
+    def __init__(self, *args, checked=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checked = tuple(checked)
+        self.reference = None  # (config, outputs) of the first candidate for the shape being tuned
+
+    def run(self, *args, **kwargs):
+        self.reference = None
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            self.reference = None
+
+    def _bench(self, *args, config, **meta):
+        if self.checked:
+            error = self.disagreement(args, config, meta)
+            if error is not None:
+                return [float("inf")] * 3
+        return super()._bench(*args, config=config, **meta)
+
+    def disagreement(self, args, config, meta) -> float | None:
+        """Run config once; its relative error against the reference if it is past AUTOTUNE_AGREEMENT, else None."""
+        named = {**dict(zip(self.arg_names, args, strict=False)), **meta}
+        outputs = [named[name] for name in self.checked]
+        for output in outputs:
+            output.fill_(float("nan"))
+        try:
+            self.fn.run(*args, **meta, **config.all_kwargs())
+        except Exception:  # a config that does not compile or fit is left to the benchmark, which skips it
+            return None
+        got = [output.clone() for output in outputs]
+        if self.reference is None:
+            self.reference = (config, got)
+            return None
+        reference_config, wanted = self.reference
+        error = max(relative_difference(a, b) for a, b in zip(got, wanted, strict=True))
+        dtypes = [value.dtype for value in named.values() if isinstance(value, torch.Tensor)]
+        tolerance = max((AUTOTUNE_AGREEMENT.get(dtype, 0.0) for dtype in dtypes), default=0.0)
+        if error <= tolerance:
+            return None
+        warnings.warn(
+            f"autotuning {self.base_fn.__name__}: dropped config ({config}): its output differs from the first "
+            f"config's ({reference_config}) by relative error {error:.3g}, past the {tolerance:g} rounding allows",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return error
+
+
+def relative_difference(got: torch.Tensor, wanted: torch.Tensor) -> float:
+    """||got - wanted|| / ||wanted|| in float64, where equal non-finite values (NaN and NaN, inf and inf) agree and
+    any other NaN makes it infinite."""
+    got, wanted = got.double(), wanted.double()
+    same = (got == wanted) | (got.isnan() & wanted.isnan())
+    difference = torch.where(same, 0.0, got - wanted)
+    if difference.isnan().any():
+        return float("inf")
+    scale = torch.where(wanted.isfinite(), wanted, 0.0).norm().item()
+    return difference.norm().item() / max(scale, torch.finfo(torch.float64).tiny)
 
 
 def launcher(kernel):
