@@ -129,12 +129,13 @@ def summarize(curves: dict[str, list[list[float]]], epochs: int) -> dict:
     tanh run never reaches it, its epoch count is at least the run's length, and so the ratio is a lower
     bound."""
     reached = {name: [epochs_to_threshold(curve) for curve in runs] for name, runs in curves.items()}
+    listed = {name: [None if math.isinf(e) else e for e in runs] for name, runs in reached.items()}  # JSON: no inf
     if any(math.isinf(e) for e in reached["relu"]):
-        return {"epochs_to_threshold": reached, "ratio": None, "ratio_is_lower_bound": False}
+        return {"epochs_to_threshold": listed, "ratio": None, "ratio_is_lower_bound": False}
     bounded = [min(e, float(epochs)) for e in reached["tanh"]]
     mean = {"relu": sum(reached["relu"]) / len(reached["relu"]), "tanh": sum(bounded) / len(bounded)}
     return {
-        "epochs_to_threshold": {name: [None if math.isinf(e) else e for e in runs] for name, runs in reached.items()},
+        "epochs_to_threshold": listed,
         "mean_epochs_to_threshold": mean,
         "ratio": mean["tanh"] / mean["relu"],
         "ratio_is_lower_bound": any(math.isinf(e) for e in reached["tanh"]),
