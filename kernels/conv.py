@@ -258,7 +258,8 @@ def _conv_fwd_kernel(
     group = tl.program_id(1)
     split = tl.program_id(2)
 
-    # Per output pixel, once: its image, its window's corner and the address of that corner (the tap (0, 0)).
+    # Per output pixel, once: its image, its window's corner, the taps that stay inside the image (kh in
+    # [top, bottom), kw in [left, right); none for rows past M), and the addresses of its tap (0, 0).
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     ow = offs_m % OW
@@ -266,20 +267,25 @@ def _conv_fwd_kernel(
     n = offs_m // (OW * OH)
     ih0 = oh * conv_stride_h - pad_h
     iw0 = ow * conv_stride_w - pad_w
-    x_rows = (  # [BLOCK_M]
-        x_ptr
-        + n.to(tl.int64) * stride_x_n
+    top = tl.where(mask_m, -ih0, TAPS)
+    bottom = H - ih0
+    left = -iw0
+    right = W - iw0
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
+    mask_n = offs_n < C_out_g
+    co = group * C_out_g + offs_n
+    offs_c = tl.arange(0, BLOCK_K)
+    x_rows = (
+        n.to(tl.int64) * stride_x_n
         + ih0.to(tl.int64) * stride_x_h
         + iw0.to(tl.int64) * stride_x_w
         + (group * C_in_g).to(tl.int64) * stride_x_c
     )
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
-    mask_n = offs_n < C_out_g
-    co = group * C_out_g + offs_n
-    weight_cols = weight_ptr + co.to(tl.int64) * stride_weight_cout  # [BLOCK_N]
-    offs_c = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + x_rows[:, None] + (offs_c * stride_x_c)[None, :]  # [BLOCK_M, BLOCK_K] at tap (0, 0)
+    b_ptrs = weight_ptr + (co.to(tl.int64) * stride_weight_cout)[None, :] + (offs_c * stride_weight_cin)[:, None]
 
-    # The reduction as one flat loop over (tap, channel block), taps outer; this split's share of it.
+    # The reduction as one flat loop over (tap, channel block), taps outer; this split's share of it. Each step's
+    # offsets are scalars added to the pointers above.
     channel_blocks = tl.cdiv(C_in_g, BLOCK_K)
     steps = TAPS * channel_blocks
     per_split = tl.cdiv(steps, SPLITS)
@@ -287,21 +293,19 @@ def _conv_fwd_kernel(
     last = tl.minimum(first + per_split, steps)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for step in range(first, last):
-        tap = step // channel_blocks  # scalars: the tap and channel block of this step
-        c = (step - tap * channel_blocks) * BLOCK_K + offs_c
+        tap = step // channel_blocks
+        c0 = (step - tap * channel_blocks) * BLOCK_K
         kh = tap // KW
         kw = tap - kh * KW
-        ih = ih0 + kh
-        iw = iw0 + kw
-        in_image = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # zero padding = masked load, per pixel
-        mask_c = c < C_in_g
+        in_image = (kh >= top) & (kh < bottom) & (kw >= left) & (kw < right)  # zero padding = masked load
+        mask_c = offs_c < C_in_g - c0
         a = tl.load(
-            x_rows[:, None] + (kh * stride_x_h + kw * stride_x_w) + (c * stride_x_c)[None, :],
+            a_ptrs + (kh * stride_x_h + kw * stride_x_w + c0 * stride_x_c),
             mask=in_image[:, None] & mask_c[None, :],
             other=0.0,
         )
         b = tl.load(
-            weight_cols[None, :] + (kh * stride_weight_kh + kw * stride_weight_kw) + (c * stride_weight_cin)[:, None],
+            b_ptrs + (kh * stride_weight_kh + kw * stride_weight_kw + c0 * stride_weight_cin),
             mask=mask_c[:, None] & mask_n[None, :],
             other=0.0,
         )

@@ -3,6 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from alexnet_triton.kernels import _common
+from alexnet_triton.kernels import conv as conv_kernels
 from helpers import TOLERANCE, assert_close, away_from_kink, every_other, requires_cuda
 
 import alexnet_triton as at
@@ -165,6 +167,82 @@ def test_empty_batch(device):
     x, w, b = randn(0, 3, 8, 8, device=device), randn(4, 3, 3, 3, device=device), randn(4, device=device)
     out = at.conv2d_relu(x, w, b)
     assert out.shape == (0, 4, 6, 6)
+
+
+# ---- the kernels' paths: channels_last fast path, input gradient, fc layers ---------------------------
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The conv kernels launched while a test runs, in order, by name."""
+    names = {
+        conv_kernels._conv_fwd_kernel: "forward",
+        conv_kernels._relu_grad_kernel: "relu_grad",
+        conv_kernels._conv_dgrad_gather_kernel: "gather",
+        conv_kernels._conv_wgrad_kernel: "weight_grad",
+    }
+    order = []
+    launch = _common.launcher
+
+    def recording(kernel):
+        order.append(names.get(kernel, kernel))
+        return launch(kernel)
+
+    monkeypatch.setattr(_common, "launcher", recording)
+    return order
+
+
+def test_stride_one_input_gradient_runs_the_forward_kernel(launched, device):
+    # The input gradient of a stride-1 convolution is the forward kernel on the masked gradient with the flipped,
+    # transposed weights: no gather kernel.
+    x, w, b = randn(2, 6, 7, 9, device=device), randn(8, 3, 3, 5, device=device), randn(8, device=device)
+    check_conv2d_relu(x, w, b, 1, (1, 2), 2, torch.float32)
+    assert launched == ["forward", "relu_grad", "forward", "weight_grad"]
+
+
+def test_strided_input_gradient_gathers(launched, device):
+    x, w, b = randn(2, 6, 9, 8, device=device), randn(8, 3, 3, 3, device=device), randn(8, device=device)
+    check_conv2d_relu(x, w, b, (2, 1), 1, 2, torch.float32)
+    assert launched == ["forward", "relu_grad", "gather", "weight_grad"]
+
+
+@pytest.mark.parametrize("splits", [1, 3, 7])  # 7: more splits than reduction steps, so some add nothing
+@pytest.mark.parametrize(
+    "x_shape, w_shape",
+    [((2, 16, 3, 3), (10, 16, 3, 3)), ((3, 40, 1, 1), (24, 40, 1, 1))],
+    ids=["kernel-covers-input", "one-by-one"],
+)
+def test_fully_connected_layers_split_their_reduction(x_shape, w_shape, splits, launched, monkeypatch, device):
+    # fc6 (a kernel as large as its input) and fc7 (1x1 on a 1x1 map) are matrix products whose rows are the batch:
+    # the forward kernel on the flattened input, its reduction split over programs and summed afterwards.
+    asked = []
+
+    def forced(tiles, reduction, device):
+        asked.append(reduction)
+        return splits
+
+    monkeypatch.setattr(conv_kernels, "reduction_splits", forced)
+    x, w, b = randn(*x_shape, device=device), randn(*w_shape, device=device), randn(w_shape[0], device=device)
+    check_conv2d_relu(x, w, b, 1, 0, 1, torch.float32)
+    flat = x_shape[1] * x_shape[2] * x_shape[3]
+    assert asked == [flat, w_shape[0]]  # the forward reduces the flattened input, the input gradient C_out
+    assert launched == ["forward", "relu_grad", "forward", "weight_grad"]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_fast_path_equals_the_nchw_path(stride, device):
+    # NCHW tensors are copied once into channels_last and run the same kernels: the same numbers, bit for bit.
+    x, w, b = randn(2, 8, 9, 7, device=device), randn(12, 4, 3, 3, device=device), randn(12, device=device)
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        inputs = [t.to(memory_format=memory_format) if t.dim() == 4 else t for t in (x, w, b)]
+        inputs = [t.clone().requires_grad_() for t in inputs]
+        out = at.conv2d_relu(*inputs, stride=stride, padding=1, groups=2)
+        assert out.is_contiguous(memory_format=memory_format)
+        grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
+        results.append([out, *grads])
+    for nchw, channels_last in zip(*results, strict=True):
+        assert torch.equal(nchw, channels_last)
 
 
 # ---- the module --------------------------------------------------------------------------------
