@@ -1,16 +1,20 @@
 """Figure 4 (alexnet_triton/figures.py, the drawing in plots.py) and the features it is computed from
 (AlexNet.features).
 
-The network runs through the plain-PyTorch reference here (the reference_math fixture), as the trainer's
-tests run it: what is tested is which activations figure 4 uses and which images it finds, not the
-kernels, which their own test files check against float64 in the interpreter.
+The network runs through the plain-PyTorch reference here (the reference_math fixture, or a fresh process
+without TRITON_INTERPRET), as the trainer's tests run it: what is tested is which activations figure 4 uses
+and which images it finds, not the kernels, which their own test files check against float64 in the
+interpreter.
 """
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from alexnet_triton.kernels import _common
+from helpers import reference_backend_env
 
 from alexnet_triton import augmentation, data, figures
 from alexnet_triton.model import AlexNet
@@ -118,3 +122,19 @@ def test_figure4_neighbours_are_the_true_nearest_in_fc7_by_brute_force(reference
         assert found == [i for _, i in exact[: figures.NEIGHBOURS]]
         assert distances.tolist() == pytest.approx([d for d, _ in exact[: figures.NEIGHBOURS]], rel=1e-4)
     assert any(row[0] != shown["neighbours"][0][0] for row in shown["neighbours"]), "not one image for every query"
+
+
+def test_a_run_ends_with_figure4_and_evaluate_draws_it_again(tmp_path):
+    def trainer(*args):
+        command = [sys.executable, "-m", "alexnet_triton.train", *args]
+        return subprocess.run(command, cwd=tmp_path, env=reference_backend_env(), capture_output=True, text=True)
+
+    trained = trainer("--train-size", "32", "--val-size", "10", "--batch-size", "16", "--epochs", "1", "--name", "f")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    figures_of_run = [tmp_path / "runs" / "f" / name for name in ("predictions.png", "neighbours.png")]
+    for path in figures_of_run:
+        assert path.stat().st_size > 0, path.name
+        path.unlink()
+    evaluated = trainer("--evaluate", "runs/f/best.pt")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert all(path.stat().st_size > 0 for path in figures_of_run), "--evaluate draws figure 4 next to the checkpoint"
