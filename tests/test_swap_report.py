@@ -17,12 +17,11 @@ def test_report_is_kept_logged_and_printed(device, caplog, capsys):
     assert capsys.readouterr().out == text + "\n"
     assert [record.getMessage() for record in caplog.records] == [text]
     assert text.splitlines() == [
-        "swap_fused_ops: 4 swapped, 1 left as they were",
+        "swap_fused_ops: 3 swapped, 1 left as they were",
         "swapped:",
-        "  0  nn.Conv2d + nn.ReLU (1)  ->  at.nn.Conv2dReLU + nn.Identity",
-        "  2  nn.LocalResponseNorm     ->  at.nn.LocalResponseNorm",
-        "  3  nn.MaxPool2d             ->  at.nn.MaxPool2d",
-        "  4  nn.Conv2d + nn.ReLU (5)  ->  at.nn.Conv2dReLU + nn.Identity",
+        "  0  nn.Conv2d + nn.ReLU (1)                  ->  at.nn.Conv2dReLU + nn.Identity",
+        "  2  nn.LocalResponseNorm + nn.MaxPool2d (3)  ->  at.nn.LRNMaxPool2d + nn.Identity",
+        "  4  nn.Conv2d + nn.ReLU (5)                  ->  at.nn.Conv2dReLU + nn.Identity",
         "left as they were:",
         "  7  nn.Dropout  dropout=False",
     ]
