@@ -104,7 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     run.add_argument("--devices", help="two devices, one per tower, e.g. cuda:0,cuda:1 (single process)")
     run.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision on GPU")
-    run.add_argument("--channels-last", action="store_true", help="NHWC activations and weights")
+    run.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="NHWC activations and weights (default: on a GPU, where the conv kernels' fast path is NHWC)",
+    )
     run.add_argument(
         "--augment",
         choices=("auto", "cpu", "gpu"),
@@ -119,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--ten-crop", action="store_true", help="evaluate on ten crops, averaging the softmax")
     args = parser.parse_args(argv)
     defaults = PAPER if args.data else BUILTIN
+    if args.channels_last is None:
+        args.channels_last = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     for key in ("image_size", "epochs", "batch_size", "init"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
