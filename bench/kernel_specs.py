@@ -51,7 +51,8 @@ class KernelSpec:
     # compiled by default.
     configs_for: Callable[[str, dict], list[triton.Config]] | None = None
     # Integer arguments that are multiples of 16 on AlexNet's shapes (pointers always are): compiled with that hint.
-    divisible: tuple[str, ...] = ()
+    # Or a function of the variant's meta, where the variant decides (conv1's 3 channels make few such).
+    divisible: tuple[str, ...] | Callable[[dict], tuple[str, ...]] = ()
 
     @property
     def function(self):
@@ -71,12 +72,14 @@ def with_tf32(dtype: str, **meta) -> list[dict]:
     return [{**meta, "TF32": True}, {**meta, "TF32": False}] if dtype == "fp32" else [{**meta, "TF32": False}]
 
 
-def conv_configs(lists: dict[str, list[triton.Config]]) -> Callable[[str, dict], list[triton.Config]]:
-    """A conv kernel's configs for a dtype and variant: its list for the precision tl.dot runs in."""
+def conv_configs(lists: dict, packed_lists: dict | None = None) -> Callable[[str, dict], list[triton.Config]]:
+    """A conv kernel's configs for a dtype and variant: its list for the precision tl.dot runs in (from packed_lists
+    for a PACKED variant, if given)."""
 
     def configs_for(dtype: str, meta: dict) -> list[triton.Config]:
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
-        return lists[conv.precision_class(dtypes[dtype], meta.get("TF32", False))]
+        chosen = packed_lists if packed_lists is not None and meta.get("PACKED") else lists
+        return chosen[conv.precision_class(dtypes[dtype], meta.get("TF32", False))]
 
     return configs_for
 
@@ -91,10 +94,31 @@ CONV_FWD_DIVISIBLE = (
 )  # fmt: skip
 
 
+# conv1's 3 input channels (packed taps) leave only the output's strides and the pixel count multiples of 16.
+CONV_FWD_PACKED_DIVISIBLE = ("M", "C_out_g", "stride_out_split", "stride_out_n", "stride_out_h", "stride_out_w")
+
+
 def conv_fwd_meta(dtype: str) -> list[dict]:
-    """The forward (bias and ReLU) and the stride-1 input gradient it also runs (neither), channels_last."""
-    forward = with_tf32(dtype, HAS_BIAS=True, RELU=True, **CONV_FWD_LAYOUT)
-    return forward + with_tf32(dtype, HAS_BIAS=False, RELU=False, **CONV_FWD_LAYOUT)
+    """The forward (bias and ReLU) and the stride-1 input gradient it also runs (neither), channels_last, and conv1's
+    forward, whose 3 input channels pack taps."""
+    forward = with_tf32(dtype, HAS_BIAS=True, RELU=True, PACKED=False, **CONV_FWD_LAYOUT)
+    input_gradient = with_tf32(dtype, HAS_BIAS=False, RELU=False, PACKED=False, **CONV_FWD_LAYOUT)
+    return forward + input_gradient + with_tf32(dtype, HAS_BIAS=True, RELU=True, PACKED=True, **CONV_FWD_LAYOUT)
+
+
+def conv_fwd_divisible(meta: dict) -> tuple[str, ...]:
+    return CONV_FWD_PACKED_DIVISIBLE if meta["PACKED"] else CONV_FWD_DIVISIBLE
+
+
+CONV_WGRAD_DIVISIBLE = (
+    "C_out_g", "C_in_g", "COLUMNS", "PIXELS", "stride_grad_pixel", "stride_x_n", "stride_x_h", "stride_x_w",
+    "stride_partial_dw_split", "stride_partial_dw_cout", "stride_partial_dw_kh", "stride_partial_dw_kw",
+)  # fmt: skip
+
+
+def conv_wgrad_divisible(meta: dict) -> tuple[str, ...]:
+    """conv1's (packed) leaves the output channels, the pixel count and the gradient's pixel stride."""
+    return ("C_out_g", "PIXELS", "stride_grad_pixel") if meta["PACKED"] else CONV_WGRAD_DIVISIBLE
 
 
 def lrn_meta(dtype: str) -> list[dict]:
@@ -134,28 +158,20 @@ SPECS = [
         conv._conv_fwd_kernel,
         conv_fwd_meta,
         uses_dot=True,
-        configs_for=conv_configs(conv._FWD_CONFIGS),
-        divisible=CONV_FWD_DIVISIBLE,
+        configs_for=conv_configs(conv._FWD_CONFIGS, conv._FWD_PACKED_CONFIGS),
+        divisible=conv_fwd_divisible,
     ),
     KernelSpec(
         conv._conv_wgrad_kernel,
-        lambda dtype: with_tf32(dtype, stride_grad_c=1, stride_x_c=1, stride_partial_dw_cin=1),
+        lambda dtype: [
+            variant
+            for packed in (False, True)
+            for variant in with_tf32(dtype, PACKED=packed, stride_grad_c=1, stride_x_c=1, stride_partial_dw_cin=1)
+        ],
         pointers={"partial_dw_ptr": "*acc"},
         uses_dot=True,
-        configs_for=conv_configs(conv._WGRAD_CONFIGS),
-        divisible=(
-            "C_out_g",
-            "C_in_g",
-            "PIXELS",
-            "stride_grad_pixel",
-            "stride_x_n",
-            "stride_x_h",
-            "stride_x_w",
-            "stride_partial_dw_split",
-            "stride_partial_dw_cout",
-            "stride_partial_dw_kh",
-            "stride_partial_dw_kw",
-        ),
+        configs_for=conv_configs(conv._WGRAD_CONFIGS, conv._WGRAD_PACKED_CONFIGS),
+        divisible=conv_wgrad_divisible,
     ),
     KernelSpec(
         conv._conv_dgrad_gather_kernel,
@@ -256,14 +272,15 @@ def flags_only(name: str) -> bool:
 def compile_cases(spec: KernelSpec, *, all_configs: bool = False) -> list[dict]:
     """One case per (dtype, constexpr values, GPU config): the arguments of triton.compile, and labels."""
     flags = constexpr_flags(spec)
-    unknown = (set(spec.pointers) | set(spec.floats) | set(spec.divisible)) - set(flags)
+    unknown = (set(spec.pointers) | set(spec.floats)) - set(flags)
     assert not unknown, f"{spec.name}: the spec names arguments the kernel does not have: {sorted(unknown)}"
-    divisible = [name for name in flags if name.endswith("_ptr") or name in spec.divisible]
     cases = []
     for dtype in DTYPES:
         for meta in spec.meta(dtype):
-            unknown = set(meta) - set(flags)
-            assert not unknown, f"{spec.name}: a variant sets arguments the kernel does not have: {sorted(unknown)}"
+            hinted = spec.divisible(meta) if callable(spec.divisible) else spec.divisible
+            unknown = (set(meta) | set(hinted)) - set(flags)
+            assert not unknown, f"{spec.name}: a variant names arguments the kernel does not have: {sorted(unknown)}"
+            divisible = [name for name in flags if name.endswith("_ptr") or name in hinted]
             if spec.configs_for is not None:
                 configs = spec.configs_for(dtype, meta)
                 configs = configs if all_configs else configs[:1]

@@ -42,16 +42,14 @@ def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -
 # Tile configs per precision class of tl.dot, chosen from the static census (python -m bench.census,
 # bench/results/census-sm90.md): none spills, and each list's first config (4 warps, as PyTorch caps its conv
 # template) is the reference the others are checked against while tuning (_common.CheckedAutotuner).
-# bf16/fp16: wgmma with a 64-wide reduction block (128-byte rows, whole 16-byte async copies); a 16-wide block for
-# narrow channels (conv1's 3), where a 64-wide one would be 95% padding. The forward kernel also runs the stride-1
-# input gradients and fc6/fc7.
+# bf16/fp16: wgmma with a 64-wide reduction block (128-byte rows, whole 16-byte async copies). The forward kernel
+# also runs the stride-1 input gradients and fc6/fc7.
 _FWD_CONFIGS = {
     "half": [
         _config(64, 64, 64, 4, 4),
         _config(128, 64, 64, 4, 3),
         _config(64, 128, 64, 4, 3),
         _config(128, 128, 64, 8, 3),
-        _config(128, 64, 16, 4, 4),
     ],
     # TF32: the same tiles at half the bytes per element; wgmma takes 8 of K per instruction.
     "tf32": [
@@ -59,29 +57,40 @@ _FWD_CONFIGS = {
         _config(128, 64, 32, 4, 3),
         _config(64, 128, 32, 4, 3),
         _config(128, 128, 32, 8, 3),
-        _config(128, 64, 16, 4, 4),
     ],
     # fp32 without TF32 and fp64 (gradcheck) run tl.dot on the FMA units: small tiles, which do not spill.
     "exact": [_config(32, 32, 16, 4, 2), _config(64, 64, 16, 4, 2)],
 }
-# The weight gradient's rows are output channels, its columns input channels of one tap, its reduction pixels:
-# the reduction block is always 64 (32 in TF32) wide, and the narrow config is narrow in input channels (conv1).
+# Packed taps (conv1's 3 channels) address every element on its own (no vector loads): only the smallest tiles stay
+# in registers (the census: 64x64 and larger spill in bf16).
+_FWD_PACKED_CONFIGS = {
+    "half": [_config(64, 64, 64, 4, 4)],
+    "tf32": [_config(64, 64, 32, 4, 4)],
+    "exact": [_config(32, 32, 16, 4, 2)],
+}
+# The weight gradient's rows are output channels, its columns input channels of one tap (or packed (tap, channel)
+# pairs), its reduction pixels, always many: the same tiles.
 _WGRAD_CONFIGS = {
     "half": [
         _config(64, 64, 64, 4, 4),
         _config(128, 64, 64, 4, 3),
         _config(64, 128, 64, 4, 3),
         _config(128, 128, 64, 8, 3),
-        _config(128, 16, 64, 4, 4),
     ],
     "tf32": [
         _config(64, 64, 32, 4, 4),
         _config(128, 64, 32, 4, 3),
         _config(64, 128, 32, 4, 3),
         _config(128, 128, 32, 8, 3),
-        _config(128, 16, 32, 4, 4),
     ],
     "exact": [_config(32, 32, 16, 4, 2), _config(64, 64, 16, 4, 2)],
+}
+# Packed (tap, channel) columns (conv1's 3 channels) gather each element with its own address and bounds: narrow
+# column blocks, which keep that in registers (64 columns spill).
+_WGRAD_PACKED_CONFIGS = {
+    "half": [_config(64, 32, 64, 4, 3), _config(128, 32, 64, 4, 3)],
+    "tf32": [_config(64, 32, 32, 4, 3), _config(128, 32, 32, 4, 3)],
+    "exact": [_config(32, 32, 16, 4, 2)],
 }
 # The gather kernel serves only strided input gradients (conv1's, never needed by AlexNet): one small config per
 # class, which does not spill.
@@ -96,11 +105,17 @@ _MASK_CONFIGS = [
     triton.Config({"BLOCK_P": 32, "BLOCK_C": 128}, num_warps=4),
     triton.Config({"BLOCK_P": 128, "BLOCK_C": 32}, num_warps=4),
 ]
-# Every list once, for the autotuner (which prunes a launch's to its class) and bench.kernel_specs.
+
+
+def _every(*lists: dict) -> list[triton.Config]:
+    """Each config of the lists once: the autotuner's list, which it prunes to a launch's (see _prune)."""
+    return list(dict.fromkeys(c for by_class in lists for configs in by_class.values() for c in configs))
+
+
 _TUNED_CONFIGS = {
-    "_conv_fwd_kernel": [c for configs in _FWD_CONFIGS.values() for c in configs],
-    "_conv_wgrad_kernel": [c for configs in _WGRAD_CONFIGS.values() for c in configs],
-    "_conv_dgrad_gather_kernel": [c for configs in _GATHER_CONFIGS.values() for c in configs],
+    "_conv_fwd_kernel": _every(_FWD_CONFIGS, _FWD_PACKED_CONFIGS),
+    "_conv_wgrad_kernel": _every(_WGRAD_CONFIGS, _WGRAD_PACKED_CONFIGS),
+    "_conv_dgrad_gather_kernel": _every(_GATHER_CONFIGS),
     "_relu_grad_kernel": _MASK_CONFIGS,
 }
 
@@ -120,18 +135,25 @@ def _fitting(configs: list[triton.Config], block: str, size: int) -> list[triton
     return [c for c in configs if fit // 4 < c.kwargs[block] <= fit]
 
 
-def _prune(class_configs: dict, pointer: str, extents: dict):
-    """An early_config_prune for _common.tuned: the launch's precision class, then each block fitted to the extent
-    of the argument extents names for it (block -> argument name)."""
+def _prune(class_configs: dict, pointer: str, extents: dict, packed_configs: dict | None = None):
+    """An early_config_prune for _common.tuned: the launch's precision class (from packed_configs for a PACKED
+    launch, if given), then each block fitted to its extent (block -> the argument's name, or a function of the
+    arguments)."""
 
     def prune(configs: list[triton.Config], args: dict) -> list[triton.Config]:
-        wanted = class_configs[precision_class(args[pointer].dtype, args["TF32"])]
+        lists = packed_configs if packed_configs is not None and args["PACKED"] else class_configs
+        wanted = lists[precision_class(args[pointer].dtype, args["TF32"])]
         kept = [c for c in configs if c in wanted]
-        for block, argument in extents.items():
-            kept = _fitting(kept, block, args[argument])
+        for block, extent in extents.items():
+            kept = _fitting(kept, block, extent(args) if callable(extent) else args[extent])
         return kept
 
     return prune
+
+
+def _fwd_reduction_block(args: dict) -> int:
+    """The forward kernel's reduction per block: a tap's channels, or every (tap, channel) pair when packed."""
+    return args["C_in_g"] * (args["TAPS"] if args["PACKED"] else 1)
 
 
 def _interpreter_fwd_blocks(args: dict) -> dict:
@@ -141,14 +163,14 @@ def _interpreter_fwd_blocks(args: dict) -> dict:
     return {
         "BLOCK_M": _common.block(args["M"], 16, 1024),
         "BLOCK_N": _common.block(args["C_out_g"], 16, 512),
-        "BLOCK_K": _common.block(triton.cdiv(args["C_in_g"], args["SPLITS"]), 16, 512),
+        "BLOCK_K": _common.block(triton.cdiv(_fwd_reduction_block(args), args["SPLITS"]), 16, 512),
     }
 
 
 def _interpreter_wgrad_blocks(args: dict) -> dict:
     return {
         "BLOCK_M": _common.block(args["C_out_g"], 16, 512),
-        "BLOCK_N": _common.block(args["C_in_g"], 16, 512),
+        "BLOCK_N": _common.block(args["COLUMNS"], 16, 512),
         "BLOCK_K": _common.block(args["PIXELS_PER_SPLIT"], 16, 1024),
     }
 
@@ -172,6 +194,9 @@ def _interpreter_mask_blocks(args: dict) -> dict:
 _MAX_SPLITS = 16
 _MIN_REDUCTION_PER_SPLIT = 1024
 _MIN_PIXELS_PER_SPLIT = 2048
+# A channel block is at least 16 wide (tl.dot's K); narrower channels (conv1's 3 colours) would leave most of it
+# padding, so their kernels pack (tap, channel) pairs into the block instead, at the cost of per-element addresses.
+_PACK_CHANNELS_BELOW = 16
 # ReLU's mask: each program masks this many pixels of a channel block and writes one partial bias sum, so the
 # partial sums are few (1,500 rows for conv1 at batch 128) and their number does not depend on the tile config.
 _MASK_PIXELS_PER_PROGRAM = 256
@@ -227,9 +252,17 @@ def _relu_grad_kernel(
 
 @_common.tuned(
     _TUNED_CONFIGS["_conv_fwd_kernel"],
-    ["M", "C_in_g", "C_out_g", "TAPS", "SPLITS", "TF32", "stride_x_c", "stride_weight_cin", "stride_weight_cout"],
+    [
+        *["M", "C_in_g", "C_out_g", "TAPS", "SPLITS", "PACKED", "TF32"],
+        *["stride_x_c", "stride_weight_cin", "stride_weight_cout"],
+    ],
     _interpreter_fwd_blocks,
-    prune=_prune(_FWD_CONFIGS, "x_ptr", {"BLOCK_M": "M", "BLOCK_N": "C_out_g", "BLOCK_K": "C_in_g"}),
+    prune=_prune(
+        _FWD_CONFIGS,
+        "x_ptr",
+        {"BLOCK_M": "M", "BLOCK_N": "C_out_g", "BLOCK_K": _fwd_reduction_block},
+        _FWD_PACKED_CONFIGS,
+    ),
     checked=["out_ptr"],
 )
 @triton.jit
@@ -244,8 +277,8 @@ def _conv_fwd_kernel(
     stride_x_n, stride_x_c, stride_x_h, stride_x_w,
     stride_weight_cout, stride_weight_cin, stride_weight_kh, stride_weight_kw,
     stride_out_split, stride_out_n, stride_out_c, stride_out_h, stride_out_w,
-    # meta-parameters
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, TF32: tl.constexpr,
+    # meta-parameters; PACKED: narrow channels, whose taps share a reduction block (see _PACK_CHANNELS_BELOW)
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, PACKED: tl.constexpr, TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -281,34 +314,63 @@ def _conv_fwd_kernel(
         + iw0.to(tl.int64) * stride_x_w
         + (group * C_in_g).to(tl.int64) * stride_x_c
     )
-    a_ptrs = x_ptr + x_rows[:, None] + (offs_c * stride_x_c)[None, :]  # [BLOCK_M, BLOCK_K] at tap (0, 0)
-    b_ptrs = weight_ptr + (co.to(tl.int64) * stride_weight_cout)[None, :] + (offs_c * stride_weight_cin)[:, None]
-
-    # The reduction as one flat loop over (tap, channel block), taps outer; this split's share of it. Each step's
-    # offsets are scalars added to the pointers above.
-    channel_blocks = tl.cdiv(C_in_g, BLOCK_K)
-    steps = TAPS * channel_blocks
-    per_split = tl.cdiv(steps, SPLITS)
+    weight_cols = weight_ptr + co.to(tl.int64) * stride_weight_cout
+    if PACKED:
+        # The reduction index k = (tap, channel), channel fastest, BLOCK_K of them per step across taps.
+        steps = tl.cdiv(TAPS * C_in_g, BLOCK_K)
+    else:
+        # One flat loop over (tap, channel block), taps outer; each step's offsets are scalars added to the
+        # pointers of tap (0, 0).
+        channel_blocks = tl.cdiv(C_in_g, BLOCK_K)
+        steps = TAPS * channel_blocks
+        a_ptrs = x_ptr + x_rows[:, None] + (offs_c * stride_x_c)[None, :]  # [BLOCK_M, BLOCK_K]
+        b_ptrs = weight_cols[None, :] + (offs_c * stride_weight_cin)[:, None]  # [BLOCK_K, BLOCK_N]
+    per_split = tl.cdiv(steps, SPLITS)  # this split's share of the steps
     first = split * per_split
     last = tl.minimum(first + per_split, steps)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for step in range(first, last):
-        tap = step // channel_blocks
-        c0 = (step - tap * channel_blocks) * BLOCK_K
-        kh = tap // KW
-        kw = tap - kh * KW
-        in_image = (kh >= top) & (kh < bottom) & (kw >= left) & (kw < right)  # zero padding = masked load
-        mask_c = offs_c < C_in_g - c0
-        a = tl.load(
-            a_ptrs + (kh * stride_x_h + kw * stride_x_w + c0 * stride_x_c),
-            mask=in_image[:, None] & mask_c[None, :],
-            other=0.0,
-        )
-        b = tl.load(
-            b_ptrs + (kh * stride_weight_kh + kw * stride_weight_kw + c0 * stride_weight_cin),
-            mask=mask_c[:, None] & mask_n[None, :],
-            other=0.0,
-        )
+        if PACKED:
+            k = step * BLOCK_K + offs_c
+            mask_k = k < TAPS * C_in_g
+            tap = k // C_in_g
+            c = k - tap * C_in_g
+            kh = tap // KW
+            kw = tap - kh * KW
+            in_image = (  # zero padding = masked load, per pixel and tap
+                (kh[None, :] >= top[:, None])
+                & (kh[None, :] < bottom[:, None])
+                & (kw[None, :] >= left[:, None])
+                & (kw[None, :] < right[:, None])
+                & mask_k[None, :]
+            )
+            a = tl.load(
+                x_ptr + x_rows[:, None] + (kh * stride_x_h + kw * stride_x_w + c * stride_x_c)[None, :],
+                mask=in_image,
+                other=0.0,
+            )
+            b = tl.load(
+                weight_cols[None, :] + (kh * stride_weight_kh + kw * stride_weight_kw + c * stride_weight_cin)[:, None],
+                mask=mask_k[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+        else:
+            tap = step // channel_blocks
+            c0 = (step - tap * channel_blocks) * BLOCK_K
+            kh = tap // KW
+            kw = tap - kh * KW
+            in_image = (kh >= top) & (kh < bottom) & (kw >= left) & (kw < right)  # zero padding = masked load
+            mask_c = offs_c < C_in_g - c0
+            a = tl.load(
+                a_ptrs + (kh * stride_x_h + kw * stride_x_w + c0 * stride_x_c),
+                mask=in_image[:, None] & mask_c[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                b_ptrs + (kh * stride_weight_kh + kw * stride_weight_kw + c0 * stride_weight_cin),
+                mask=mask_c[:, None] & mask_n[None, :],
+                other=0.0,
+            )
         acc = tl.dot(a, b, acc, input_precision="tf32" if TF32 else "ieee")
 
     # Epilogue on the fp32 accumulator: bias, then ReLU. `acc < 0` is false for NaN, so NaN
@@ -411,9 +473,9 @@ def _conv_dgrad_gather_kernel(
 
 @_common.tuned(
     _TUNED_CONFIGS["_conv_wgrad_kernel"],
-    ["C_out_g", "C_in_g", "KW", "PIXELS_PER_SPLIT", "TF32", "stride_x_c"],
+    ["C_out_g", "COLUMNS", "KW", "PIXELS_PER_SPLIT", "PACKED", "TF32", "stride_x_c"],
     _interpreter_wgrad_blocks,
-    prune=_prune(_WGRAD_CONFIGS, "x_ptr", {"BLOCK_M": "C_out_g", "BLOCK_N": "C_in_g"}),
+    prune=_prune(_WGRAD_CONFIGS, "x_ptr", {"BLOCK_M": "C_out_g", "BLOCK_N": "COLUMNS"}, _WGRAD_PACKED_CONFIGS),
     checked=["partial_dw_ptr"],
 )
 @triton.jit
@@ -421,9 +483,9 @@ def _conv_wgrad_kernel(
     # pointers: grad is the masked gradient g, dense [pixels, C_out]; partial_dw [splits, C_out, KH, KW, Cin_g]
     # in ACC_DTYPE
     grad_ptr, x_ptr, partial_dw_ptr,
-    # sizes: per tap a GEMM of C_out_g rows, C_in_g columns and the pixels N*OH*OW as reduction, split into
-    # PIXELS_PER_SPLIT chunks
-    C_out_g, C_in_g, H, W, OH, OW, KW, PIXELS, PIXELS_PER_SPLIT,
+    # sizes: per tap a GEMM of C_out_g rows, COLUMNS = C_in_g columns (TAPS*C_in_g when PACKED: every tap at once)
+    # and the pixels N*OH*OW as reduction, split into PIXELS_PER_SPLIT chunks
+    C_out_g, C_in_g, COLUMNS, H, W, OH, OW, KW, PIXELS, PIXELS_PER_SPLIT,
     # convolution
     conv_stride_h, conv_stride_w, pad_h, pad_w,
     # strides
@@ -431,8 +493,8 @@ def _conv_wgrad_kernel(
     stride_x_n, stride_x_c, stride_x_h, stride_x_w,
     stride_partial_dw_split, stride_partial_dw_cout, stride_partial_dw_kh, stride_partial_dw_kw,
     stride_partial_dw_cin,
-    # meta-parameters
-    TF32: tl.constexpr,
+    # meta-parameters; PACKED: narrow channels, whose columns are (tap, channel) pairs (see _PACK_CHANNELS_BELOW)
+    PACKED: tl.constexpr, TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -440,22 +502,29 @@ def _conv_wgrad_kernel(
     # output channels, then input channels.
     pid = tl.program_id(0)
     num_m_tiles = tl.cdiv(C_out_g, BLOCK_M)
-    num_n_tiles = tl.cdiv(C_in_g, BLOCK_N)
+    num_n_tiles = tl.cdiv(COLUMNS, BLOCK_N)
     pid_m = pid % num_m_tiles
     pid_n = (pid // num_m_tiles) % num_n_tiles
-    tap = pid // (num_m_tiles * num_n_tiles)
-    kh = tap // KW
-    kw = tap - kh * KW
     split = tl.program_id(1)
     group = tl.program_id(2)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channels within the group
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels within the group
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # columns: input channels within the group, or (tap, channel)
     mask_m = offs_m < C_out_g
-    mask_n = offs_n < C_in_g
+    mask_n = offs_n < COLUMNS
+    if PACKED:
+        tap = offs_n // C_in_g  # [BLOCK_N]
+        ci = offs_n - tap * C_in_g
+    else:
+        tap = pid // (num_m_tiles * num_n_tiles)  # a scalar
+        ci = offs_n
+    kh = tap // KW
+    kw = tap - kh * KW
     co = group * C_out_g + offs_m
     g_cols = grad_ptr + co.to(tl.int64) * stride_grad_c  # [BLOCK_M]
-    x_channels = x_ptr + (group * C_in_g + offs_n).to(tl.int64) * stride_x_c  # [BLOCK_N]
+    x_cols = (  # [BLOCK_N]: each column's channel and tap offset
+        x_ptr + (group * C_in_g + ci).to(tl.int64) * stride_x_c + kh * stride_x_h + kw * stride_x_w
+    )
 
     # Each of the BLOCK_K pixel lanes keeps its (n, oh, ow) and steps it by BLOCK_K pixels per trip with
     # carries, so the loop divides nothing.
@@ -477,11 +546,20 @@ def _conv_wgrad_kernel(
             mask=mask_m[:, None] & mask_p[None, :],
             other=0.0,
         )
-        ih = oh * conv_stride_h - pad_h + kh
-        iw = ow * conv_stride_w - pad_w + kw
-        in_image = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_rows = n.to(tl.int64) * stride_x_n + ih * stride_x_h + iw * stride_x_w
-        x = tl.load(x_channels[None, :] + x_rows[:, None], mask=in_image[:, None] & mask_n[None, :], other=0.0)
+        ih0 = oh * conv_stride_h - pad_h  # the window's corner of each pixel lane
+        iw0 = ow * conv_stride_w - pad_w
+        if PACKED:  # per lane and column: ih0 + kh in [0, H), iw0 + kw in [0, W)
+            in_image = (
+                ((kh[None, :] >= -ih0[:, None]) & (kh[None, :] < (H - ih0)[:, None]))
+                & ((kw[None, :] >= -iw0[:, None]) & (kw[None, :] < (W - iw0)[:, None]))
+                & (mask_p[:, None] & mask_n[None, :])
+            )
+        else:
+            ih = ih0 + kh
+            iw = iw0 + kw
+            in_image = (mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & mask_n[None, :]
+        x_rows = n.to(tl.int64) * stride_x_n + ih0 * stride_x_h + iw0 * stride_x_w
+        x = tl.load(x_cols[None, :] + x_rows[:, None], mask=in_image, other=0.0)
         acc = tl.dot(dy, x, acc, input_precision="tf32" if TF32 else "ieee")
         ow += step_w
         carry = ow >= OW
@@ -494,10 +572,8 @@ def _conv_wgrad_kernel(
     dw_ptrs = (
         partial_dw_ptr
         + split.to(tl.int64) * stride_partial_dw_split
-        + kh * stride_partial_dw_kh
-        + kw * stride_partial_dw_kw
         + (co.to(tl.int64) * stride_partial_dw_cout)[:, None]
-        + (offs_n * stride_partial_dw_cin)[None, :]
+        + (kh * stride_partial_dw_kh + kw * stride_partial_dw_kw + ci * stride_partial_dw_cin)[None, :]
     )
     tl.store(dw_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
 
@@ -578,6 +654,7 @@ def _convolve(
         target.stride(0) if splits > 1 else 0, *(target.stride()[1:] if splits > 1 else out.stride()),
         HAS_BIAS=bias is not None and splits == 1,
         RELU=relu and splits == 1,
+        PACKED=C_in_g < _PACK_CHANNELS_BELOW,
         TF32=tf32,
     )
     if splits > 1:
@@ -727,23 +804,27 @@ def conv_relu_weight_grad(
         x, kernel, conv_stride, taps_shape = _flat(x), (1, 1), (1, 1), (1, 1)
         H = W = 1
     channels = x.shape[1] // groups
+    taps = kernel[0] * kernel[1]
+    packed = channels < _PACK_CHANNELS_BELOW  # then one program's columns are (tap, channel) pairs of every tap
+    columns = taps * channels if packed else channels
     pixels = N * OH * OW
-    tiles = triton.cdiv(C_out_g, 64) * triton.cdiv(channels, 64) * kernel[0] * kernel[1] * groups
+    tiles = triton.cdiv(C_out_g, 64) * triton.cdiv(taps * channels, 64) * groups
     splits = _wgrad_splits(pixels, tiles, x.device)
     pixels_per_split = max(triton.cdiv(pixels, splits), 1)
     partial_dw = _common.empty((splits, C_out, *taps_shape, channels), like=x, dtype=acc_dtype)
 
     def grid(meta):
-        rows, columns = triton.cdiv(C_out_g, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_N"])
-        return (rows * columns * kernel[0] * kernel[1], splits, groups)
+        rows, column_tiles = triton.cdiv(C_out_g, meta["BLOCK_M"]), triton.cdiv(columns, meta["BLOCK_N"])
+        return (rows * column_tiles * (1 if packed else taps), splits, groups)
 
     _common.launcher(_conv_wgrad_kernel)[grid](
         masked, x, partial_dw,
-        C_out_g, channels, H, W, OH, OW, kernel[1], pixels, pixels_per_split,
+        C_out_g, channels, columns, H, W, OH, OW, kernel[1], pixels, pixels_per_split,
         conv_stride[0], conv_stride[1], conv_padding[0], conv_padding[1],
         masked.stride(3), masked.stride(1),
         *x.stride(),
         *partial_dw.stride(),
+        PACKED=packed,
         TF32=_common.use_tf32(x.dtype),
     )
     dw = partial_dw.sum(0).reshape(C_out, KH, KW, C_in_g).permute(0, 3, 1, 2)

@@ -194,8 +194,8 @@ def launched(monkeypatch):
 
 def test_stride_one_input_gradient_runs_the_forward_kernel(launched, device):
     # The input gradient of a stride-1 convolution is the forward kernel on the masked gradient with the flipped,
-    # transposed weights: no gather kernel.
-    x, w, b = randn(2, 6, 7, 9, device=device), randn(8, 3, 3, 5, device=device), randn(8, device=device)
+    # transposed weights: no gather kernel. 16 channels per group each way: the channel-block path throughout.
+    x, w, b = randn(2, 32, 7, 9, device=device), randn(32, 16, 3, 5, device=device), randn(32, device=device)
     check_conv2d_relu(x, w, b, 1, (1, 2), 2, torch.float32)
     assert launched == ["forward", "relu_grad", "forward", "weight_grad"]
 
@@ -229,10 +229,12 @@ def test_fully_connected_layers_split_their_reduction(x_shape, w_shape, splits, 
     assert launched == ["forward", "relu_grad", "forward", "weight_grad"]
 
 
+@pytest.mark.parametrize("channels", [4, 16], ids=["packed-taps", "channel-blocks"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_channels_last_fast_path_equals_the_nchw_path(stride, device):
+def test_channels_last_fast_path_equals_the_nchw_path(stride, channels, device):
     # NCHW tensors are copied once into channels_last and run the same kernels: the same numbers, bit for bit.
-    x, w, b = randn(2, 8, 9, 7, device=device), randn(12, 4, 3, 3, device=device), randn(12, device=device)
+    x, w = randn(2, 2 * channels, 9, 7, device=device), randn(2 * channels, channels, 3, 3, device=device)
+    b = randn(2 * channels, device=device)
     results = []
     for memory_format in (torch.contiguous_format, torch.channels_last):
         inputs = [t.to(memory_format=memory_format) if t.dim() == 4 else t for t in (x, w, b)]
@@ -243,6 +245,16 @@ def test_channels_last_fast_path_equals_the_nchw_path(stride, device):
         results.append([out, *grads])
     for nchw, channels_last in zip(*results, strict=True):
         assert torch.equal(nchw, channels_last)
+
+
+@pytest.mark.parametrize("pack_below", [0, 1000], ids=["channel-blocks", "packed-taps"])
+def test_packed_taps_and_channel_blocks_agree_with_the_reference(pack_below, monkeypatch, device):
+    # Narrow channels (conv1's 3) pack (tap, channel) pairs into a reduction block; wider ones loop over taps and
+    # channel blocks. Either way for the same odd convolution, forward and every gradient.
+    monkeypatch.setattr(conv_kernels, "_PACK_CHANNELS_BELOW", pack_below)
+    x, w, b = randn(3, 12, 11, 8, device=device), randn(10, 6, 3, 5, device=device), randn(10, device=device)
+    check_conv2d_relu(x, w, b, 1, (2, 1), 2, torch.float32)
+    check_conv2d_relu(x, w, b, (2, 3), 1, 2, torch.float32)
 
 
 # ---- the module --------------------------------------------------------------------------------
