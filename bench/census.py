@@ -256,13 +256,14 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def best_rows(rows: list[Row]) -> dict[tuple[str, str], Row]:
-    """(kernel, precision) -> its config without spills and with the highest issue bound (ties: shortest loop)."""
-    best: dict[tuple[str, str], Row] = {}
+def best_rows(rows: list[Row]) -> dict[tuple[str, str, str], Row]:
+    """(kernel, variant, precision) -> its config without spills and with the highest issue bound (ties: the
+    shortest loop)."""
+    best: dict[tuple[str, str, str], Row] = {}
     for row in rows:
         if row.error or row.spills or row.bound is None:
             continue
-        key = (row.kernel, row.precision)
+        key = (row.kernel, row.variant, row.precision)
         held = best.get(key)
         if held is None or (row.bound, -row.loop.length) > (held.bound, -held.loop.length):
             best[key] = row
@@ -271,25 +272,72 @@ def best_rows(rows: list[Row]) -> dict[tuple[str, str], Row]:
 
 def summary(rows: list[Row]) -> list[str]:
     lines = [
-        "| kernel | precision | best issue bound (no spills) | its config | hot loop | async copies "
-        "| configs | configs that spill | compile s (all configs) |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| kernel | variant | precision | best issue bound (no spills) | its config | hot loop | async copies "
+        "| best bound (any) | configs | configs that spill | compile s (all configs) |",
+        "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     best = best_rows(rows)
-    groups: dict[tuple[str, str], list[Row]] = {}
+    groups: dict[tuple[str, str, str], list[Row]] = {}
     for row in rows:
-        groups.setdefault((row.kernel, row.precision), []).append(row)
+        groups.setdefault((row.kernel, row.variant, row.precision), []).append(row)
     for key, group in groups.items():
         chosen = best.get(key)
         spilling = sum(row.spills for row in group)
         seconds = sum(row.seconds for row in group)
+        any_bound = max((row.bound for row in group if row.bound is not None), default=None)
+        what = f"| {key[0]} | {key[1]} | {key[2]} |"
+        tail = f"| {_number(any_bound, '{:.2f}')} | {len(group)} | {spilling} | {seconds:.0f} |"
         if chosen is None:
-            lines.append(f"| {key[0]} | {key[1]} | - | - | - | - | {len(group)} | {spilling} | {seconds:.0f} |")
+            lines.append(f"{what} - | - | - | - {tail}")
             continue
         lines.append(
-            f"| {key[0]} | {key[1]} | {chosen.bound:.2f} | {chosen.config} | {chosen.loop.length} "
-            f"| {chosen.loop.async_copies} | {len(group)} | {spilling} | {seconds:.0f} |"
+            f"{what} {chosen.bound:.2f} | {chosen.config} | {chosen.loop.length} | {chosen.loop.async_copies} {tail}"
         )
+    return lines
+
+
+# The issue's goals for the convolution (issue 13), by role: the kernel, the variant's flags, and the lowest modeled
+# bound its best non-spilling config must reach per precision, with async copies in its hot loop.
+GOALS = [
+    ("forward", "conv._conv_fwd_kernel", "HAS_BIAS=True RELU=True PACKED=False"),
+    ("input gradient (stride 1)", "conv._conv_fwd_kernel", "HAS_BIAS=False RELU=False PACKED=False"),
+    ("weight gradient", "conv._conv_wgrad_kernel", "PACKED=False"),
+]
+GOAL_BOUND = {"bf16": 0.8, "fp16": 0.8, "tf32": 0.6}
+
+
+def goals(rows: list[Row]) -> list[str]:
+    """One line per role and precision: met or not, with the best non-spilling config's numbers; and whether any
+    conv config spills."""
+    lines = []
+    for role, kernel, flags in GOALS:
+        for precision, wanted in GOAL_BOUND.items():
+            candidates = [
+                row
+                for row in rows
+                if row.kernel == kernel
+                and row.precision == precision
+                and set(flags.split()) <= set(row.variant.split())
+                and not row.error
+                and not row.spills
+                and row.bound is not None
+                and row.loop.async_copies > 0
+            ]
+            if not any(row.kernel == kernel and row.precision == precision for row in rows):
+                continue
+            best = max(candidates, key=lambda row: row.bound, default=None)
+            if best is None:
+                lines.append(f"- {role}, {precision}: NOT MET (no config without spills and with async copies)")
+                continue
+            verdict = "met" if best.bound >= wanted else "NOT MET"
+            lines.append(
+                f"- {role}, {precision}: {verdict}: bound {best.bound:.2f} (goal {wanted}) with {best.config}, "
+                f"{best.loop.length}-instruction hot loop, {best.loop.async_copies} async copies, no spills"
+            )
+    conv = [row for row in rows if row.kernel.startswith("conv.") and not row.error]
+    if conv:
+        spilling = [row for row in conv if row.spills]
+        lines.append(f"- no conv config spills: {'met' if not spilling else f'NOT MET ({len(spilling)} spill)'}")
     return lines
 
 
@@ -307,7 +355,11 @@ def report(rows: list[Row], *, title: str) -> str:
         f"{len(rows)} compiled variants, {sum(1 for row in rows if row.error)} errors, {len(spilling)} with spills; "
         f"{total:.0f} s of compilation in all (one core each).",
         "",
-        "## Best config per kernel and precision",
+        "## The issue's goals",
+        "",
+        *goals(rows),
+        "",
+        "## Best config per kernel, variant and precision",
         "",
         *summary(rows),
         "",
