@@ -51,13 +51,16 @@ from alexnet_triton.runtime import (
     check_ranks_agree,
     start_runtime,
     stop_runtime,
-)  # fmt: skip
+)
 from alexnet_triton.training_state import TrainingState
 
 # Defaults for the built-in dataset, chosen so the default run finishes in about four minutes on a
 # 2-core CPU (measured: see README). He initialisation there, because the paper's N(0, 0.01) needs
 # far more than a few thousand steps to leave its plateau. --data runs get the paper's values.
 BUILTIN = {"image_size": 67, "epochs": 10, "batch_size": 64, "init": "kaiming", "train_size": 4000, "val_size": 1000}
+# Evaluation keeps no activations for a backward pass, so it can take bigger batches, which read the
+# fully-connected weights fewer times per image: 1.6x the images/s at 256 than at 64 on a 2-core CPU.
+EVALUATION_BATCH_FACTOR = 4
 PAPER = {"image_size": 227, "epochs": 90, "batch_size": 128, "init": "paper"}
 
 
@@ -232,7 +235,8 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     train_view, val_view = pipeline.training, pipeline.evaluation
     train_sampler = DistributedSampler(train_view, runtime.world_size, runtime.rank, shuffle=True, seed=args.seed)
     val_sampler = DistributedSampler(val_view, runtime.world_size, runtime.rank, shuffle=False)
-    val_loader = data.make_loader(val_view, val_sampler, args.batch_size, args.workers, runtime.device, args.seed)
+    eval_batch = EVALUATION_BATCH_FACTOR * args.batch_size
+    val_loader = data.make_loader(val_view, val_sampler, eval_batch, args.workers, runtime.device, args.seed)
 
     def save(name: str) -> None:
         if runtime.is_main:
