@@ -3,6 +3,7 @@
 import functools
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import triton
@@ -69,21 +70,46 @@ class CheckedAutotuner(triton.runtime.Autotuner):
     in checked with the first candidate's: a config that disagrees beyond rounding is dropped (never picked), with
     one warning naming kernel, config and error. Triton has miscompiled implicit-GEMM loops at num_warps=8
     (triton-lang/triton#1254); a wrong kernel must not win by being fast. Each output is filled with NaN before a
-    candidate runs, so one that leaves elements unwritten disagrees too."""
+    candidate runs, so one that leaves elements unwritten disagrees too. The candidates are compiled side by side
+    before the first is timed (compile_candidates)."""
 
     def __init__(self, *args, checked=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.checked = tuple(checked)
         self.reference = None  # (config, outputs) of the first candidate for the shape being tuned
+        self.candidates = []  # the configs being tuned, compiled side by side before the first is timed
+        self.compile_ahead = False
 
     def run(self, *args, **kwargs):
-        self.reference = None
+        self.reference, self.compile_ahead = None, True
         try:
             return super().run(*args, **kwargs)
         finally:
-            self.reference = None
+            self.reference, self.compile_ahead = None, False
+
+    def prune_configs(self, kwargs):
+        self.candidates = super().prune_configs(kwargs)
+        return self.candidates
+
+    def compile_candidates(self, args, meta) -> None:
+        """Compile every candidate at once, on as many threads as cores, before the first is timed: Triton's
+        compiler spends most of its time outside the GIL (MLIR, LLVM, ptxas), so the first step's compile bill
+        divides over the cores instead of adding up config by config. A config that fails is left to the benchmark,
+        which skips it."""
+        workers = min(len(self.candidates), os.cpu_count() or 1)
+        if workers < 2 or INTERPRET:
+            return
+        with ThreadPoolExecutor(workers) as pool, triton.AsyncCompileMode(pool, ignore_errors=True):
+            for config in self.candidates:
+                try:
+                    self.fn.run(*args, **{**meta, "warmup": True}, **config.all_kwargs())
+                except Exception:
+                    continue
 
     def _bench(self, *args, config, **meta):
+        if self.compile_ahead:
+            self.compile_ahead = False
+            self.compile_candidates(args, meta)
         if self.checked:
             error = self.disagreement(args, config, meta)
             if error is not None:
