@@ -3,6 +3,7 @@ offline, and its SASS read.
 
     python -m bench.census                                  # every kernel, config and dtype (minutes)
     python -m bench.census --kernel conv --out census.md    # the kernels whose name contains "conv"
+    python -m bench.census --first-step                     # the compiles AlexNet's first bf16 training step needs
 
 Per compiled variant: registers per thread, spill bytes (stores/loads), shared memory, compile seconds, and the hot
 loop, the innermost loop that holds the most tensor-core instructions (without any, the longest innermost loop):
@@ -226,6 +227,66 @@ def take_census(specs, folder: Path, *, all_configs: bool = True) -> list[Row]:
     return [census_row(name, result) for name, outcomes in results.items() for result in outcomes]
 
 
+def first_step_compiles(*, batch: int = 128, dtype: str = "bf16", sms: int = 132) -> dict[str, int]:
+    """Kernel -> how many distinct compiles AlexNet's first training step launches (per tower, channels_last, the
+    input image needing no gradient): the conv launchers run on meta tensors of the towers' shapes with the kernels'
+    launches recorded instead of run, each counted once per Triton specialization (an integer argument equal to 1
+    becomes a constant, a multiple of 16 gets a hint) and per config the autotuner keeps after pruning. sms: the GPU's
+    SM count, which decides the reduction splits. Needs the compiled kernels (no TRITON_INTERPRET)."""
+    import torch
+    from alexnet_triton.kernels import _common, conv
+
+    from alexnet_triton.model import layer_shapes
+
+    if _common.INTERPRET:
+        raise RuntimeError("first_step_compiles needs the kernels as compiled (TRITON_INTERPRET unset)")
+    compiles = set()
+
+    def record(kernel):
+        def launch(*args, **kwargs):
+            specialization = tuple(
+                str(a.dtype) if isinstance(a, torch.Tensor) else ("1" if a == 1 else "D" if a % 16 == 0 else "")
+                for a in args
+            )
+            kernel.nargs = dict(zip(kernel.arg_names, args, strict=False))
+            for config in kernel.prune_configs(kwargs):
+                compiles.add((kernel.base_fn.__name__, specialization, tuple(sorted(kwargs.items())), str(config)))
+
+        return type("Recorder", (), {"__getitem__": lambda self, grid: launch})()
+
+    def splits(tiles, reduction, device):  # conv.reduction_splits on a GPU of `sms` SMs
+        if tiles >= sms:
+            return 1
+        return max(1, min(triton.cdiv(2 * sms, tiles), conv._MAX_SPLITS, reduction // conv._MIN_REDUCTION_PER_SPLIT))
+
+    def wgrad_splits(pixels, tiles, device):
+        return max(1, min(triton.cdiv(2 * sms, max(tiles, 1)), conv._MAX_SPLITS, pixels // conv._MIN_PIXELS_PER_SPLIT))
+
+    saved = (_common.launcher, conv.reduction_splits, conv._wgrad_splits)
+    _common.launcher, conv.reduction_splits, conv._wgrad_splits = record, splits, wgrad_splits
+    try:
+        torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+        last = torch.channels_last
+        for shape in layer_shapes():
+            if not shape.layer.relu:  # fc8: a plain linear layer
+                continue
+            c_in, c_out, k, size = shape.in_channels, shape.out_channels, shape.kernel, shape.input_size
+            x = torch.empty(batch, c_in, size, size, dtype=torch_dtype, device="meta").to(memory_format=last)
+            w = torch.empty(c_out, c_in, k, k, dtype=torch_dtype, device="meta").to(memory_format=last)
+            stride, padding = (shape.layer.stride,) * 2, (shape.layer.padding,) * 2
+            out = conv.conv_relu_forward(x, w, torch.empty(c_out, dtype=torch_dtype, device="meta"), stride, padding, 1)
+            masked, _ = conv.relu_grad(torch.empty_like(out), out, True)
+            if shape.layer.reads != "image":  # the image needs no gradient
+                conv.conv_relu_input_grad(masked, w, list(x.shape), last, stride, padding, 1)
+            conv.conv_relu_weight_grad(masked, x, list(w.shape), last, stride, padding, 1)
+    finally:
+        _common.launcher, conv.reduction_splits, conv._wgrad_splits = saved
+    counts: dict[str, int] = {}
+    for name, *_ in compiles:
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +438,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--default-configs", action="store_true", help="only each kernel's default configs")
     parser.add_argument("--out", type=Path, help="write the markdown report here (else print it)")
     parser.add_argument("--title", default="Static census of the kernels for sm_90")
+    parser.add_argument(
+        "--first-step", action="store_true", help="only count the compiles AlexNet's first bf16 training step needs"
+    )
     args = parser.parse_args(argv)
+    if args.first_step:
+        counts = first_step_compiles()
+        print(f"{sum(counts.values())} compiles: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+        return
 
     from bench.kernel_specs import SPECS
     from bench.offline_compile import missing_nvidia_backend

@@ -17,9 +17,12 @@ pointers 16-byte aligned, K divisible by 16, BLOCK=64, 4 warps, 3 stages): a loo
         tl.store(c_ptr + offs[:, None] * BLOCK + offs[None, :], acc)
 """
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from helpers import reference_backend_env
 
 from bench.census import (
     LoopCensus,
@@ -139,3 +142,17 @@ def test_goals_need_async_copies_no_spills_and_the_bound():
     assert lines[1].startswith("- forward, fp16: NOT MET: bound 0.50 (goal 0.8) with 256,")
     assert any(line.startswith("- input gradient (stride 1), tf32: met: bound 0.64") for line in lines)
     assert lines[-1] == "- no conv config spills: NOT MET (1 spill)"
+
+
+def test_first_step_compiles_count_what_alexnets_first_step_launches():
+    # In a fresh process without the interpreter: the compiled kernels' autotuners prune as on a GPU.
+    script = """
+from bench.census import first_step_compiles
+counts = first_step_compiles()
+assert set(counts) == {"_conv_fwd_kernel", "_conv_wgrad_kernel", "_relu_grad_kernel"}, counts  # no gather: conv1's
+# input needs no gradient
+assert all(n > 0 for n in counts.values()) and sum(counts.values()) < 100, counts
+"""
+    repository = Path(__file__).resolve().parents[1]
+    env = reference_backend_env(PYTHONPATH=str(repository))
+    subprocess.run([sys.executable, "-c", script], env=env, cwd=repository, check=True, timeout=300)
