@@ -17,11 +17,22 @@ import torch
 
 from alexnet_triton import ablations, checkpoint, relu_vs_tanh
 
+SETTING_HELP = {
+    "epochs": "epochs each net (or run) trains",
+    "seeds": "runs of each net (or variant), seeded 0, 1, ...",
+    "train_size": "built-in training images",
+    "val_size": "built-in held-out images",
+    "batch_size": "images per step",
+    "lr": "learning rate, the same for both nets",
+    "momentum": "SGD momentum",
+}
+
 
 def add_settings(parser: argparse.ArgumentParser, settings_class) -> None:
     """An option per field of a Settings dataclass, its default the field's."""
     for f in fields(settings_class):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        name = f"--{f.name.replace('_', '-')}"
+        parser.add_argument(name, type=type(f.default), default=f.default, help=SETTING_HELP[f.name])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,18 +45,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     figure1 = commands.add_parser(
         "relu-vs-tanh",
         help="figure 1: a four-layer net with ReLUs against the same net with tanh units",
+        description=relu_vs_tanh.__doc__.split("\n\n")[0] + " " + relu_vs_tanh.Settings.__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_settings(figure1, relu_vs_tanh.Settings)
     table = commands.add_parser(
         "ablations",
         help="the default run and one each without LRN, overlapping pools, dropout, and with one tower",
+        description=ablations.__doc__.split("\n\n")[0] + " " + ablations.Settings.__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_settings(table, ablations.Settings)
     for command in (figure1, table):
         command.add_argument("--out", default="experiments", help="folder for the figure, table and JSON")
-        command.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+        command.add_argument("--device", help="cuda or cpu; cuda when available if not given")
     args = parser.parse_args(argv)
     for f in fields(relu_vs_tanh.Settings if args.experiment == "relu-vs-tanh" else ablations.Settings):
         if getattr(args, f.name) <= 0:
