@@ -12,7 +12,7 @@ second name (best.pt for last.pt) the same way, without writing it twice.
 import argparse
 import os
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 import torch
 
@@ -81,11 +81,13 @@ class Recipe:
     seed: int
     amp: str
     channels_last: bool
+    # Settings added later, with the value that reproduces runs saved before they existed:
+    final_lr_epochs: int = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace | dict) -> "Recipe":
         values = args if isinstance(args, dict) else vars(args)
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values or f.default is MISSING})
 
     def apply_to(self, args: argparse.Namespace) -> None:
         for f in fields(self):

@@ -215,3 +215,12 @@ def test_a_failed_rename_in_save_same_as_keeps_the_old_name_and_no_temporary(tmp
     monkeypatch.undo()
     assert torch.equal(checkpoint.load(str(best))["model"]["w"], torch.full((3,), 7.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_as_it_was_trained():
+    saved_args = vars(train.parse_args([]))
+    del saved_args["final_lr_epochs"]  # saved before the option existed: its runs had no final drop
+    assert Recipe.from_args(saved_args).final_lr_epochs == 0
+    del saved_args["lr"]
+    with pytest.raises(KeyError, match="lr"):
+        Recipe.from_args(saved_args)

@@ -1,0 +1,56 @@
+"""The state a run trains and saves (alexnet_triton/training_state.py): the learning-rate schedule, and the
+round trip through a checkpoint that a resume relies on."""
+
+import torch
+
+from alexnet_triton import train
+from alexnet_triton.checkpoint import Position, TrainingCheckpoint
+from alexnet_triton.training_state import TrainingState
+
+
+def small_state(final_lr_epochs: int, lr: float = 0.01, lr_patience: int = 2) -> TrainingState:
+    args = train.parse_args(["--epochs", "4", "--lr", str(lr), "--final-lr-epochs", str(final_lr_epochs),
+                             "--lr-patience", str(lr_patience)])  # fmt: skip
+    state = TrainingState.start(args, torch.device("cpu"), [str(i) for i in range(10)], {"mean": torch.zeros(3)})
+    return state
+
+
+def learning_rates(state: TrainingState, errors: list[float], epochs: int) -> list[float]:
+    """The rate each epoch trains at, scheduling after each with the given validation errors."""
+    rates = []
+    for done, error in enumerate(errors, start=1):
+        rates.append(state.optimizer.param_groups[0]["lr"])
+        state.schedule(error, epochs_done=done, epochs=epochs)
+    return rates
+
+
+def test_the_last_epochs_run_at_a_tenth_of_the_rate():
+    improving = [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert learning_rates(small_state(final_lr_epochs=1), improving, epochs=5) == [0.01] * 4 + [0.001]
+    rates = learning_rates(small_state(final_lr_epochs=2), improving, epochs=5)
+    assert rates == [0.01] * 3 + [0.001] * 2
+    assert learning_rates(small_state(final_lr_epochs=0), improving, epochs=5) == [0.01] * 5
+    assert learning_rates(small_state(final_lr_epochs=5), improving, epochs=5) == [0.01] * 5, "no epoch before"
+
+
+def test_the_plateau_rule_still_divides_by_ten():
+    stuck = [0.5, 0.6, 0.6, 0.6, 0.6]  # no better error after the first: a drop after patience + 1 epochs
+    rates = learning_rates(small_state(final_lr_epochs=0, lr_patience=1), stuck, epochs=5)
+    assert rates == [0.01, 0.01, 0.01, 0.001, 0.001]
+
+
+def test_a_checkpoint_restores_what_was_saved():
+    state = small_state(final_lr_epochs=1)
+    args = train.parse_args(["--epochs", "4"])
+    state.position = Position(epoch=2, batches_done=5, global_step=131)
+    state.best_top1_error, state.history = 0.25, [{"epoch": 1}, {"epoch": 2}]
+    learning_rates(state, [0.5, 0.4, 0.3], epochs=4)  # the drop after the third epoch
+    saved = TrainingCheckpoint.from_dict(state.to_checkpoint(args).to_dict(), "memory")
+
+    again = small_state(final_lr_epochs=1)
+    again.restore(saved, "memory")
+    assert again.position == state.position and again.best_top1_error == 0.25 and again.history == state.history
+    assert again.optimizer.param_groups[0]["lr"] == 0.001 == state.optimizer.param_groups[0]["lr"]
+    assert again.scheduler.state_dict() == state.scheduler.state_dict()
+    for name, value in state.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[name], value), name
