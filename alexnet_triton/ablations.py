@@ -52,8 +52,8 @@ PAPER_EFFECTS = {
 @dataclass
 class Settings:
     """The experiment's size: the trainer's own recipe for the built-in dataset (its epochs, batch, learning
-    rate) on fewer images. The defaults took 65 minutes on this project's 2-core machine shared with other
-    jobs, 49 of them training (see README); on an idle one, at the 285 images/s the trainer reaches
+    rate) on fewer images. The defaults took 40 minutes on this project's 2-core machine shared with other
+    jobs, 30 of them training (see README); on an idle one, at the 285 images/s the trainer reaches
     there, about 15."""
 
     epochs: int = train.BUILTIN["epochs"]

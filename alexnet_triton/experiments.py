@@ -4,7 +4,7 @@
     python -m alexnet_triton.experiments ablations      # LRN, overlapping pools, dropout, two towers: the table
 
 Each writes its figure, a JSON of what it measured and (ablations) a markdown table into --out. The size
-options default to what finishes within about half an hour each on a 2-core CPU (measured: 26 and 65
+options default to what finishes within about half an hour each on a 2-core CPU (measured: 26 and 40
 minutes on one shared with other jobs, far less idle; see README); on a GPU, raise them.
 relu_vs_tanh.py and ablations.py hold the experiments; this file is the command line.
 """
