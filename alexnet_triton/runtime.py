@@ -1,6 +1,8 @@
 """The trainer's process and device: one process or one of torchrun's, its device, the sums and checks
 across processes, and the Ctrl-C / SIGTERM request to stop after the current step."""
 
+import ctypes
+import ctypes.util
 import os
 import signal
 from dataclasses import dataclass
@@ -36,9 +38,35 @@ def start_runtime(device: str | None = None) -> Runtime:
     else:
         # Early in training many activations are tiny; denormal arithmetic makes CPUs ~10x slower.
         torch.set_flush_denormal(True)
+        keep_freed_memory()
     if world_size > 1:
         dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
     return Runtime(rank, world_size, chosen)
+
+
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    PyTorch's CPU allocator is plain malloc, and glibc serves every block over 32 MB by mmap and unmaps it
+    on free, so a CPU training step page-faults its gradients (230 MB for the built-in run's AlexNet) and
+    activations back in every time. Kept in the heap they are reused: a training step 1.2-1.3x faster on
+    this project's 2-core machine, for a resident size that stays at the run's peak. The same setting
+    jemalloc or tcmalloc give by LD_PRELOAD, in-process. Returns False (and changes nothing) where the C
+    library is not glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it: musl's mallopt ignores these settings)
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # No block by mmap; trim the heap's top only when 2 GB lie free there.
+    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
 
 
 def stop_runtime(runtime: Runtime) -> None:
