@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import SequentialSampler  # noqa: E402
 
-from alexnet_triton import augmentation, checkpoint, data, train  # noqa: E402
+from alexnet_triton import augmentation, checkpoint, data, train, train_options  # noqa: E402
 from alexnet_triton.evaluation import evaluate  # noqa: E402
 from alexnet_triton.runtime import Runtime  # noqa: E402
 from alexnet_triton.training_state import build_model  # noqa: E402
@@ -56,7 +56,7 @@ class Settings:
     jobs, 30 of them training (see README); on an idle one, at the 285 images/s the trainer reaches
     there, about 15."""
 
-    epochs: int = train.BUILTIN["epochs"]
+    epochs: int = train_options.BUILTIN["epochs"]
     seeds: int = 2
     train_size: int = 2000
     val_size: int = 1000

@@ -16,6 +16,7 @@ from dataclasses import fields
 import torch
 
 from alexnet_triton import ablations, checkpoint, relu_vs_tanh
+from alexnet_triton.cli_help import HelpWithDefaults
 
 SETTING_HELP = {
     "epochs": "epochs each net (or run) trains",
@@ -39,21 +40,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m alexnet_triton.experiments",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     commands = parser.add_subparsers(dest="experiment", required=True)
     figure1 = commands.add_parser(
         "relu-vs-tanh",
         help="figure 1: a four-layer net with ReLUs against the same net with tanh units",
         description=relu_vs_tanh.__doc__.split("\n\n")[0] + " " + relu_vs_tanh.Settings.__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     add_settings(figure1, relu_vs_tanh.Settings)
     table = commands.add_parser(
         "ablations",
         help="the default run and one each without LRN, overlapping pools, dropout, and with one tower",
         description=ablations.__doc__.split("\n\n")[0] + " " + ablations.Settings.__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     add_settings(table, ablations.Settings)
     for command in (figure1, table):

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, fx
 
 from alexnet_triton import functional
-from alexnet_triton.validation import lrn_parameters
+from alexnet_triton.validation import check_pool_window, lrn_parameters
 
 
 def _one_node_in_trace(module: torch.nn.Module, input: fx.Proxy) -> fx.Proxy:
@@ -104,7 +104,7 @@ class LRNMaxPool2d(torch.nn.LocalResponseNorm, torch.nn.MaxPool2d):
         # their own arguments.
         torch.nn.Module.__init__(self)
         self.size, self.alpha, self.beta, self.k = lrn_parameters(size, alpha, beta, k)
-        functional.check_pool_window(kernel_size, stride, padding)
+        check_pool_window(kernel_size, stride, padding)
         self.kernel_size, self.padding = kernel_size, padding
         self.stride = kernel_size if stride is None else stride  # as nn.MaxPool2d
         self.dilation, self.return_indices, self.ceil_mode = 1, False, False

@@ -22,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from alexnet_triton import augmentation, checkpoint, data
+from alexnet_triton.cli_help import HelpWithDefaults
 from alexnet_triton.training_state import build_model
 
 BATCH = 32  # images per forward pass (x10 crops with --ten-crop)
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m alexnet_triton.predict",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of the trainer (best.pt, last.pt)")

@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from alexnet_triton import data, durable, store
+from alexnet_triton.cli_help import HelpWithDefaults
 
 CHUNK = 32  # images per worker task: large enough to amortise the hand-off, small enough to resume finely
 
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "Cost: side x side x 3 bytes per image, 196 KB at 256: about 250 GB for ImageNet's 1.28 M training "
             "images. Interrupt freely: the same command resumes."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     parser.add_argument("--data", required=True, help="ImageFolder root with train/<class>/* and val/<class>/*")
     parser.add_argument("--out", required=True, help="the store folder to write (created; resumed if it exists)")

@@ -51,3 +51,15 @@ def check_pair(name: str, value, *, minimum: int) -> tuple[int, int]:
     if min(items) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return items
+
+
+def check_pool_window(kernel_size, stride=None, padding=0) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """A max-pool's (kernel, stride, padding) as pairs (stride None: the kernel), each checked; padding at most
+    half the kernel, as F.max_pool2d requires. max_pool2d, the fused LRN + pool op and its module share it."""
+    kernel = check_pair("kernel_size", kernel_size, minimum=1)
+    stride = kernel if stride is None or stride == [] else check_pair("stride", stride, minimum=1)
+    padding = check_pair("padding", padding, minimum=0)
+    for axis, k, p in zip(("height", "width"), kernel, padding, strict=True):
+        if p > k // 2:
+            raise ValueError(f"padding {p} must be at most half the kernel's {axis} {k}")
+    return kernel, stride, padding

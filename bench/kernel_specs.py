@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from alexnet_triton.kernels import _common, augment, conv, dropout, lrn, lrn_pool, pool
+from alexnet_triton.kernels import _common, augment, conv, conv_grad, conv_tuning, dropout, lrn, lrn_pool, pool
 
 from alexnet_triton.model import OVERLAPPING_POOL, PAPER_LRN
 from bench.offline_compile import compile_jobs
@@ -79,7 +79,7 @@ def conv_configs(lists: dict, packed_lists: dict | None = None) -> Callable[[str
     def configs_for(dtype: str, meta: dict) -> list[triton.Config]:
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
         chosen = packed_lists if packed_lists is not None and meta.get("PACKED") else lists
-        return chosen[conv.precision_class(dtypes[dtype], meta.get("TF32", False))]
+        return chosen[conv_tuning.precision_class(dtypes[dtype], meta.get("TF32", False))]
 
     return configs_for
 
@@ -158,11 +158,11 @@ SPECS = [
         conv._conv_fwd_kernel,
         conv_fwd_meta,
         uses_dot=True,
-        configs_for=conv_configs(conv._FWD_CONFIGS, conv._FWD_PACKED_CONFIGS),
+        configs_for=conv_configs(conv_tuning.FWD_CONFIGS, conv_tuning.FWD_PACKED_CONFIGS),
         divisible=conv_fwd_divisible,
     ),
     KernelSpec(
-        conv._conv_wgrad_kernel,
+        conv_grad._conv_wgrad_kernel,
         lambda dtype: [
             variant
             for packed in (False, True)
@@ -170,14 +170,14 @@ SPECS = [
         ],
         pointers={"partial_dw_ptr": "*acc"},
         uses_dot=True,
-        configs_for=conv_configs(conv._WGRAD_CONFIGS, conv._WGRAD_PACKED_CONFIGS),
+        configs_for=conv_configs(conv_tuning.WGRAD_CONFIGS, conv_tuning.WGRAD_PACKED_CONFIGS),
         divisible=conv_wgrad_divisible,
     ),
     KernelSpec(
-        conv._conv_dgrad_gather_kernel,
+        conv_grad._conv_dgrad_gather_kernel,
         lambda dtype: with_tf32(dtype, stride_grad_c=1, stride_weight_cin=1, stride_dx_c=1),
         uses_dot=True,
-        configs_for=conv_configs(conv._GATHER_CONFIGS),
+        configs_for=conv_configs(conv_tuning.GATHER_CONFIGS),
         divisible=(
             "GEMM_N",
             "C_out_g",
@@ -193,10 +193,10 @@ SPECS = [
         ),
     ),
     KernelSpec(
-        conv._relu_grad_kernel,
+        conv_grad._relu_grad_kernel,
         lambda dtype: [{"HAS_BIAS": bias, "stride_grad_c": 1, "stride_out_c": 1} for bias in (True, False)],
         pointers={"partial_db_ptr": "*acc"},
-        configs_attribute="_MASK_CONFIGS",
+        configs_attribute="MASK_CONFIGS",
         divisible=(
             "C",
             "stride_grad_n",

@@ -7,12 +7,12 @@ import os
 import pytest
 import torch
 
-from alexnet_triton import checkpoint, train
+from alexnet_triton import checkpoint, train_options
 from alexnet_triton.checkpoint import CheckpointError, ModelConfig, Position, Recipe, TrainingCheckpoint
 
 
 def small_checkpoint(num_classes: int = 10) -> TrainingCheckpoint:
-    args = train.parse_args(["--epochs", "3", "--lr", "0.02", "--seed", "7", "--no-lrn"])
+    args = train_options.parse_args(["--epochs", "3", "--lr", "0.02", "--seed", "7", "--no-lrn"])
     layer = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.02, momentum=0.9)
     layer(torch.randn(4, 3)).sum().backward()
@@ -52,9 +52,9 @@ def test_a_training_checkpoint_opens_with_weights_only_and_reads_back_equal(tmp_
 
 
 def test_the_recipe_is_what_a_resume_takes_from_the_checkpoint():
-    saved = train.parse_args(["--epochs", "3", "--lr", "0.02", "--seed", "7", "--no-lrn", "--batch-size", "16"])
+    saved = train_options.parse_args(["--epochs", "3", "--lr", "0.02", "--seed", "7", "--no-lrn", "--batch-size", "16"])
     recipe = Recipe.from_args(saved)
-    command_line = train.parse_args(["--epochs", "50", "--seed", "1", "--workers", "2", "--name", "again"])
+    command_line = train_options.parse_args(["--epochs", "50", "--seed", "1", "--workers", "2", "--name", "again"])
     recipe.apply_to(command_line)
     assert Recipe.from_args(command_line) == recipe
     assert (command_line.epochs, command_line.lr, command_line.seed, command_line.lrn) == (3, 0.02, 7, False)
@@ -63,7 +63,7 @@ def test_the_recipe_is_what_a_resume_takes_from_the_checkpoint():
 
 
 def test_every_recipe_and_model_setting_is_a_command_line_option():
-    options = vars(train.parse_args([]))
+    options = vars(train_options.parse_args([]))
     for setting in (*Recipe.__dataclass_fields__, *ModelConfig.__dataclass_fields__):
         assert setting in options or setting == "num_classes", setting
 
@@ -218,7 +218,7 @@ def test_a_failed_rename_in_save_same_as_keeps_the_old_name_and_no_temporary(tmp
 
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes_as_it_was_trained():
-    saved_args = vars(train.parse_args([]))
+    saved_args = vars(train_options.parse_args([]))
     del saved_args["final_lr_epochs"]  # saved before the option existed: its runs had no final drop
     assert Recipe.from_args(saved_args).final_lr_epochs == 0
     del saved_args["lr"]

@@ -3,8 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from alexnet_triton.kernels import _common
+from alexnet_triton.kernels import _common, conv_tuning
 from alexnet_triton.kernels import conv as conv_kernels
+from alexnet_triton.kernels import conv_grad as conv_grad_kernels
 from helpers import TOLERANCE, assert_close, away_from_kink, every_other, requires_cuda
 
 import alexnet_triton as at
@@ -177,9 +178,9 @@ def launched(monkeypatch):
     """The conv kernels launched while a test runs, in order, by name."""
     names = {
         conv_kernels._conv_fwd_kernel: "forward",
-        conv_kernels._relu_grad_kernel: "relu_grad",
-        conv_kernels._conv_dgrad_gather_kernel: "gather",
-        conv_kernels._conv_wgrad_kernel: "weight_grad",
+        conv_grad_kernels._relu_grad_kernel: "relu_grad",
+        conv_grad_kernels._conv_dgrad_gather_kernel: "gather",
+        conv_grad_kernels._conv_wgrad_kernel: "weight_grad",
     }
     order = []
     launch = _common.launcher
@@ -221,7 +222,7 @@ def test_fully_connected_layers_split_their_reduction(x_shape, w_shape, splits, 
         asked.append(reduction)
         return splits
 
-    monkeypatch.setattr(conv_kernels, "reduction_splits", forced)
+    monkeypatch.setattr(conv_tuning, "reduction_splits", forced)
     x, w, b = randn(*x_shape, device=device), randn(*w_shape, device=device), randn(w_shape[0], device=device)
     check_conv2d_relu(x, w, b, 1, 0, 1, torch.float32)
     flat = x_shape[1] * x_shape[2] * x_shape[3]
@@ -251,7 +252,7 @@ def test_channels_last_fast_path_equals_the_nchw_path(stride, channels, device):
 def test_packed_taps_and_channel_blocks_agree_with_the_reference(pack_below, monkeypatch, device):
     # Narrow channels (conv1's 3) pack (tap, channel) pairs into a reduction block; wider ones loop over taps and
     # channel blocks. Either way for the same odd convolution, forward and every gradient.
-    monkeypatch.setattr(conv_kernels, "_PACK_CHANNELS_BELOW", pack_below)
+    monkeypatch.setattr(conv_tuning, "PACK_CHANNELS_BELOW", pack_below)
     x, w, b = randn(3, 12, 11, 8, device=device), randn(10, 6, 3, 5, device=device), randn(10, device=device)
     check_conv2d_relu(x, w, b, 1, (2, 1), 2, torch.float32)
     check_conv2d_relu(x, w, b, (2, 3), 1, 2, torch.float32)

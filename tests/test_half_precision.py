@@ -102,9 +102,9 @@ def test_dropout(dtype, device):
 def test_compiled_kernels_are_launched_as_they_are():
     # Only the interpreter's launches go through fp32; without it each launcher is the plain function.
     script = """
-from alexnet_triton.kernels import _common, conv, dropout, lrn, pool
+from alexnet_triton.kernels import _common, conv, conv_grad, dropout, lrn, pool
 assert not _common.INTERPRET
-launchers = [conv.conv_relu_forward, conv.conv_relu_input_grad, conv.conv_relu_weight_grad, lrn.lrn_forward,
+launchers = [conv.conv_relu_forward, conv_grad.conv_relu_input_grad, conv_grad.conv_relu_weight_grad, lrn.lrn_forward,
              lrn.lrn_backward, pool.max_pool_forward, pool.max_pool_backward, dropout.dropout]
 wrapped = [f.__name__ for f in launchers if hasattr(f, "__wrapped__")]
 assert not wrapped, wrapped

@@ -19,7 +19,7 @@ import torch
 from helpers import reference_backend_env
 from PIL import Image
 
-from alexnet_triton import checkpoint, prepare, train
+from alexnet_triton import checkpoint, prepare
 
 TINY = ["--train-size", "128", "--val-size", "40", "--batch-size", "32", "--image-size", "67"]
 
@@ -194,10 +194,3 @@ def test_incomplete_store_is_refused_naming_its_manifest(tmp_path):
     result = run_cli("--data", "store", "--image-size", "67", "--epochs", "1", cwd=tmp_path)
     assert result.returncode == 1
     assert "not a complete prepared store" in result.stderr and "manifest.json" in result.stderr
-
-
-def test_channels_last_is_the_default_on_a_gpu_and_can_be_turned_off():
-    assert train.parse_args(["--device", "cuda"]).channels_last is True
-    assert train.parse_args(["--device", "cuda", "--no-channels-last"]).channels_last is False
-    assert train.parse_args(["--device", "cpu"]).channels_last is False
-    assert train.parse_args(["--device", "cpu", "--channels-last"]).channels_last is True

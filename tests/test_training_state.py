@@ -3,13 +3,13 @@ round trip through a checkpoint that a resume relies on."""
 
 import torch
 
-from alexnet_triton import train
+from alexnet_triton import train_options
 from alexnet_triton.checkpoint import Position, TrainingCheckpoint
 from alexnet_triton.training_state import TrainingState
 
 
 def small_state(final_lr_epochs: int, lr: float = 0.01, lr_patience: int = 2) -> TrainingState:
-    args = train.parse_args(["--epochs", "4", "--lr", str(lr), "--final-lr-epochs", str(final_lr_epochs),
+    args = train_options.parse_args(["--epochs", "4", "--lr", str(lr), "--final-lr-epochs", str(final_lr_epochs),
                              "--lr-patience", str(lr_patience)])  # fmt: skip
     state = TrainingState.start(args, torch.device("cpu"), [str(i) for i in range(10)], {"mean": torch.zeros(3)})
     return state
@@ -41,7 +41,7 @@ def test_the_plateau_rule_still_divides_by_ten():
 
 def test_a_checkpoint_restores_what_was_saved():
     state = small_state(final_lr_epochs=1)
-    args = train.parse_args(["--epochs", "4"])
+    args = train_options.parse_args(["--epochs", "4"])
     state.position = Position(epoch=2, batches_done=5, global_step=131)
     state.best_top1_error, state.history = 0.25, [{"epoch": 1}, {"epoch": 2}]
     learning_rates(state, [0.5, 0.4, 0.3], epochs=4)  # the drop after the third epoch

@@ -1,0 +1,203 @@
+"""How the conv kernels (conv.py, conv_grad.py) are tuned and cut into programs: the tile configs per
+precision class of tl.dot, their pruning to a launch's extents, the interpreter's blocks, and how many programs
+share a reduction. Kept apart from the kernels so that the configs, with the census that chose them, read as one
+table.
+"""
+
+import torch
+import triton
+
+from . import _common
+
+
+def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> triton.Config:
+    blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
+    return triton.Config(blocks, num_warps=warps, num_stages=stages)
+
+
+# Tile configs per precision class of tl.dot, chosen from the static census (python -m bench.census,
+# bench/results/census-sm90.md): none spills, and each list's first config (4 warps, as PyTorch caps its conv
+# template) is the reference the others are checked against while tuning (_common.CheckedAutotuner).
+# bf16/fp16: wgmma with a 64-wide reduction block (128-byte rows, whole 16-byte async copies). The forward kernel
+# also runs the stride-1 input gradients and fc6/fc7.
+FWD_CONFIGS = {
+    "half": [
+        _config(64, 64, 64, 4, 4),
+        _config(128, 64, 64, 4, 3),
+        _config(64, 128, 64, 4, 3),
+        _config(128, 128, 64, 8, 3),
+    ],
+    # TF32: the same tiles at half the bytes per element; wgmma takes 8 of K per instruction.
+    "tf32": [
+        _config(64, 64, 32, 4, 4),
+        _config(128, 64, 32, 4, 3),
+        _config(64, 128, 32, 4, 3),
+        _config(128, 128, 32, 8, 3),
+    ],
+    # fp32 without TF32 and fp64 (gradcheck) run tl.dot on the FMA units: small tiles, which do not spill.
+    "exact": [_config(32, 32, 16, 4, 2), _config(64, 64, 16, 4, 2)],
+}
+# Packed taps (conv1's 3 channels) address every element on its own (no vector loads): only the smallest tiles stay
+# in registers (the census: 64x64 and larger spill in bf16).
+FWD_PACKED_CONFIGS = {
+    "half": [_config(64, 64, 64, 4, 4)],
+    "tf32": [_config(64, 64, 32, 4, 4)],
+    "exact": [_config(32, 32, 16, 4, 2)],
+}
+# The weight gradient's rows are output channels, its columns input channels of one tap (or packed (tap, channel)
+# pairs), its reduction pixels, always many: the same tiles.
+WGRAD_CONFIGS = {
+    "half": [
+        _config(64, 64, 64, 4, 4),
+        _config(128, 64, 64, 4, 3),
+        _config(64, 128, 64, 4, 3),
+        _config(128, 128, 64, 8, 3),
+    ],
+    "tf32": [
+        _config(64, 64, 32, 4, 4),
+        _config(128, 64, 32, 4, 3),
+        _config(64, 128, 32, 4, 3),
+        _config(128, 128, 32, 8, 3),
+    ],
+    "exact": [_config(32, 32, 16, 4, 2), _config(64, 64, 16, 4, 2)],
+}
+# Packed (tap, channel) columns (conv1's 3 channels) gather each element with its own address and bounds: narrow
+# column blocks, which keep that in registers (64 columns spill).
+WGRAD_PACKED_CONFIGS = {
+    "half": [_config(64, 32, 64, 4, 3), _config(128, 32, 64, 4, 3)],
+    "tf32": [_config(64, 32, 32, 4, 3), _config(128, 32, 32, 4, 3)],
+    "exact": [_config(32, 32, 16, 4, 2)],
+}
+# The gather kernel serves only strided input gradients (conv1's, never needed by AlexNet): one small config per
+# class, which does not spill.
+GATHER_CONFIGS = {
+    "half": [_config(64, 64, 32, 4, 2)],
+    "tf32": [_config(64, 64, 16, 4, 2)],
+    "exact": [_config(32, 32, 16, 4, 2)],
+}
+# ReLU's mask is elementwise and memory-bound: a pixel block by a channel block, channels contiguous.
+MASK_CONFIGS = [
+    triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_P": 32, "BLOCK_C": 128}, num_warps=4),
+    triton.Config({"BLOCK_P": 128, "BLOCK_C": 32}, num_warps=4),
+]
+
+
+def _every(*lists: dict) -> list[triton.Config]:
+    """Each config of the lists once: the autotuner's list, which it prunes to a launch's (see prune)."""
+    return list(dict.fromkeys(c for by_class in lists for configs in by_class.values() for c in configs))
+
+
+TUNED_CONFIGS = {
+    "_conv_fwd_kernel": _every(FWD_CONFIGS, FWD_PACKED_CONFIGS),
+    "_conv_wgrad_kernel": _every(WGRAD_CONFIGS, WGRAD_PACKED_CONFIGS),
+    "_conv_dgrad_gather_kernel": _every(GATHER_CONFIGS),
+    "_relu_grad_kernel": MASK_CONFIGS,
+}
+
+
+def precision_class(dtype: torch.dtype, tf32: bool) -> str:
+    """Which config list a launch uses: "half" (bf16, fp16), "tf32" (fp32 with TF32) or "exact" (fp32, fp64)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return "half"
+    return "tf32" if dtype == torch.float32 and tf32 else "exact"
+
+
+def _fitting(configs: list[triton.Config], block: str, size: int) -> list[triton.Config]:
+    """The configs whose `block` suits an extent of `size`: the smallest block that covers it (or the largest there
+    is), and blocks down to a quarter of that; smaller ones would only multiply programs or loop trips."""
+    fit = min((c.kwargs[block] for c in configs if c.kwargs[block] >= size), default=None)
+    fit = fit or max(c.kwargs[block] for c in configs)
+    return [c for c in configs if fit // 4 < c.kwargs[block] <= fit]
+
+
+def prune(class_configs: dict, pointer: str, extents: dict, packed_configs: dict | None = None):
+    """An early_config_prune for _common.tuned: the launch's precision class (from packed_configs for a PACKED
+    launch, if given), then each block fitted to its extent (block -> the argument's name, or a function of the
+    arguments)."""
+
+    def prune(configs: list[triton.Config], args: dict) -> list[triton.Config]:
+        lists = packed_configs if packed_configs is not None and args["PACKED"] else class_configs
+        wanted = lists[precision_class(args[pointer].dtype, args["TF32"])]
+        kept = [c for c in configs if c in wanted]
+        for block, extent in extents.items():
+            kept = _fitting(kept, block, extent(args) if callable(extent) else args[extent])
+        return kept
+
+    return prune
+
+
+def fwd_reduction_block(args: dict) -> int:
+    """The forward kernel's reduction per block: a tap's channels, or every (tap, channel) pair when packed."""
+    return args["C_in_g"] * (args["TAPS"] if args["PACKED"] else 1)
+
+
+def interpreter_fwd_blocks(args: dict) -> dict:
+    """Under the interpreter, where nothing is tuned: tiles that fit the GEMM (tl.dot needs 16 at least), one channel
+    block per tap and split: each interpreted op costs about as much as numpy work on 50k elements, so fewer,
+    larger tiles win."""
+    return {
+        "BLOCK_M": _common.block(args["M"], 16, 1024),
+        "BLOCK_N": _common.block(args["C_out_g"], 16, 512),
+        "BLOCK_K": _common.block(triton.cdiv(fwd_reduction_block(args), args["SPLITS"]), 16, 512),
+    }
+
+
+def interpreter_wgrad_blocks(args: dict) -> dict:
+    return {
+        "BLOCK_M": _common.block(args["C_out_g"], 16, 512),
+        "BLOCK_N": _common.block(args["COLUMNS"], 16, 512),
+        "BLOCK_K": _common.block(args["PIXELS_PER_SPLIT"], 16, 1024),
+    }
+
+
+def interpreter_gather_blocks(args: dict) -> dict:
+    block_m = _common.block(args["GEMM_M"], 16, 512)
+    block_n = _common.block(args["GEMM_N"], 16, 512)
+    block_k = _common.block(args["GEMM_K"], 16, 2**18 // max(block_m, block_n))
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
+
+
+def interpreter_mask_blocks(args: dict) -> dict:
+    block_c = _common.block(args["C"], 16, 512)
+    return {"BLOCK_P": _common.block(args["PIXELS_PER_PROGRAM"], 16, 2**16 // block_c), "BLOCK_C": block_c}
+
+
+# A GEMM whose output tiles are fewer than the GPU's SMs (fc6, fc7: 128 rows by 2048 columns) splits its reduction
+# into at most this many parts, summed afterwards in fp32 (deterministic, no atomics); each part keeps at least
+# MIN_REDUCTION_PER_SPLIT products per output so that its loop stays long. The weight gradient reduces over every
+# output pixel of the batch (387k for conv1 at batch 128) and splits it likewise.
+MAX_SPLITS = 16
+MIN_REDUCTION_PER_SPLIT = 1024
+MIN_PIXELS_PER_SPLIT = 2048
+# A channel block is at least 16 wide (tl.dot's K); narrower channels (conv1's 3 colours) would leave most of it
+# padding, so their kernels pack (tap, channel) pairs into the block instead, at the cost of per-element addresses.
+PACK_CHANNELS_BELOW = 16
+# ReLU's mask: each program masks this many pixels of a channel block and writes one partial bias sum, so the
+# partial sums are few (1,500 rows for conv1 at batch 128) and their number does not depend on the tile config.
+MASK_PIXELS_PER_PROGRAM = 256
+
+
+def sm_count(device: torch.device) -> int | None:
+    """The GPU's streaming multiprocessors, or None where programs are not spread over any (CPU, interpreter)."""
+    if _common.INTERPRET or device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def reduction_splits(tiles: int, reduction: int, device: torch.device) -> int:
+    """How many programs share each output tile's reduction: enough for two waves on the GPU when the output tiles
+    (counted 64x64) are fewer than its SMs (fc6, fc7), within MAX_SPLITS and MIN_REDUCTION_PER_SPLIT."""
+    sms = sm_count(device)
+    if sms is None or tiles >= sms:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, tiles), MAX_SPLITS, reduction // MIN_REDUCTION_PER_SPLIT))
+
+
+def wgrad_splits(pixels: int, tiles: int, device: torch.device) -> int:
+    """How many pixel chunks the weight-gradient reduction is cut into: two waves of programs on the GPU, counting
+    64x64 output tiles, within MAX_SPLITS and MIN_PIXELS_PER_SPLIT."""
+    sms = sm_count(device)
+    if sms is None:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, max(tiles, 1)), MAX_SPLITS, pixels // MIN_PIXELS_PER_SPLIT))

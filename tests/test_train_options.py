@@ -1,0 +1,27 @@
+"""The trainer's command line (alexnet_triton/train_options.py): defaults per dataset, checks, layout flags."""
+
+import pytest
+
+from alexnet_triton import train_options
+
+
+def test_channels_last_is_the_default_on_a_gpu_and_can_be_turned_off():
+    assert train_options.parse_args(["--device", "cuda"]).channels_last is True
+    assert train_options.parse_args(["--device", "cuda", "--no-channels-last"]).channels_last is False
+    assert train_options.parse_args(["--device", "cpu"]).channels_last is False
+    assert train_options.parse_args(["--device", "cpu", "--channels-last"]).channels_last is True
+
+
+def test_defaults_follow_the_data():
+    builtin = train_options.parse_args([])
+    assert (builtin.epochs, builtin.batch_size, builtin.image_size, builtin.init) == (8, 64, 67, "kaiming")
+    paper = train_options.parse_args(["--data", "somewhere"])
+    assert (paper.epochs, paper.batch_size, paper.image_size, paper.init) == (90, 128, 227, "paper")
+    assert train_options.parse_args(["--epochs", "3"]).epochs == 3
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--batch-size", "--train-size"])
+def test_sizes_must_be_positive(option, capsys):
+    with pytest.raises(SystemExit):
+        train_options.parse_args([option, "0"])
+    assert f"{option} must be positive" in capsys.readouterr().err
