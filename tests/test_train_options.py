@@ -14,7 +14,7 @@ def test_channels_last_is_the_default_on_a_gpu_and_can_be_turned_off():
 
 def test_defaults_follow_the_data():
     builtin = train_options.parse_args([])
-    assert (builtin.epochs, builtin.batch_size, builtin.image_size, builtin.init) == (8, 64, 67, "kaiming")
+    assert (builtin.epochs, builtin.batch_size, builtin.image_size, builtin.init) == (10, 64, 67, "kaiming")
     paper = train_options.parse_args(["--data", "somewhere"])
     assert (paper.epochs, paper.batch_size, paper.image_size, paper.init) == (90, 128, 227, "paper")
     assert train_options.parse_args(["--epochs", "3"]).epochs == 3
