@@ -20,10 +20,10 @@ Unreadable images in --data are skipped with a warning naming the file (the next
 place); a missing or empty data folder, a folder without class subfolders, a corrupt checkpoint or one
 trained for another number of classes stop the run with a message that names it.
 
-This file holds the command line, train_one_epoch, evaluate and the epoch loop; the rest has its own
-module: data.py (datasets, crops, loaders), training_state.py (network, optimizer, schedule),
-checkpoint.py (what a checkpoint holds), run_files.py (logs and figures), runtime.py (processes, devices,
-signals).
+This file holds train_one_epoch, the epoch loop and main; the rest has its own module: train_options.py
+(the command line and its defaults), evaluation.py (evaluate, --evaluate), data.py (datasets, loaders),
+input_pipeline.py (crops on the device), training_state.py (network, optimizer, schedule), checkpoint.py
+(what a checkpoint holds), run_files.py (logs and figures), runtime.py (processes, devices, signals, memory).
 """
 
 import argparse
