@@ -112,9 +112,12 @@ class StopRequest:
 
 
 def autocast(amp: str, device: torch.device):
-    """Autocast to amp ("bf16", "fp16") on a GPU; a no-op for "none" and on CPUs."""
+    """Autocast to amp: "bf16" on a GPU or a CPU, "fp16" on a GPU only (no loss scaling and no fast fp16 on
+    CPUs); a no-op for "none"."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"--amp fp16 needs a GPU (training on {device}); --amp bf16 works on a CPU")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
 
 
 def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):

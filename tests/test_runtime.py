@@ -11,8 +11,9 @@ import torch
 
 from alexnet_triton.runtime import Runtime, StopRequest, all_reduce_sum, autocast, to_device
 
-# Page faults while a 64 MB tensor is made and freed three times, after three such rounds to warm up; printed by a
-# fresh process, so that the malloc settings under test stay out of pytest's.
+# Page faults while a 64 MB tensor is made and freed 20 times, after six such rounds to warm up (glibc settles on
+# where the block lives within the first few, now and then a round or two later); printed by a fresh process, so
+# that the malloc settings under test stay out of pytest's.
 PAGE_FAULTS = """
 import resource, sys, torch
 from alexnet_triton.runtime import keep_freed_memory
@@ -20,10 +21,10 @@ if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range(6):
     torch.ones(2**24)
 before = faults()
-for _ in range(3):
+for _ in range(20):
     torch.ones(2**24)
 print(faults() - before)
 """
@@ -44,11 +45,13 @@ def test_to_device_keeps_the_batch_and_applies_channels_last():
     assert crops.is_contiguous(), "ten-crop batches (5-D) stay as they are"
 
 
-def test_autocast_is_off_on_a_cpu_and_for_none():
+def test_autocast_bf16_runs_on_a_cpu_and_fp16_is_refused_there():
     with autocast("bf16", torch.device("cpu")):
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast("none", torch.device("cpu")):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        autocast("fp16", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -74,6 +77,7 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
         return int(result.stdout)
 
     # Without the setting each 64 MB block is unmapped on free and faulted in again: 16k faults per block with
-    # 4 kB pages, 32 with 2 MB huge pages. Kept, the heap's pages are reused: fewer than one block's worth.
-    assert faults("default") >= 3 * 32
-    assert faults("keep") < 32
+    # 4 kB pages, 32 with 2 MB huge pages. Kept, the heap's pages are reused: at most a block or two's worth.
+    default = faults("default")
+    assert default >= 20 * 32
+    assert faults("keep") * 5 < default

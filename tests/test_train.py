@@ -7,6 +7,7 @@ data pipeline, evaluation, checkpoints, run files and runtime have their own tes
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -194,3 +195,11 @@ def test_incomplete_store_is_refused_naming_its_manifest(tmp_path):
     result = run_cli("--data", "store", "--image-size", "67", "--epochs", "1", cwd=tmp_path)
     assert result.returncode == 1
     assert "not a complete prepared store" in result.stderr and "manifest.json" in result.stderr
+
+
+def test_bf16_autocast_trains_on_a_cpu(tmp_path):
+    result = run_cli(*TINY, "--epochs", "1", "--amp", "bf16", "--name", "bf16", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (row,) = [json.loads(line) for line in (tmp_path / "runs" / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(row[key]) for key in ("train_loss", "val_loss", "val_top1_error"))
+    assert run_cli(*TINY, "--epochs", "1", "--amp", "fp16", cwd=tmp_path).returncode != 0  # refused on a CPU

@@ -25,3 +25,10 @@ def test_sizes_must_be_positive(option, capsys):
     with pytest.raises(SystemExit):
         train_options.parse_args([option, "0"])
     assert f"{option} must be positive" in capsys.readouterr().err
+
+
+def test_fp16_is_refused_on_a_cpu(capsys):
+    with pytest.raises(SystemExit):
+        train_options.parse_args(["--device", "cpu", "--amp", "fp16"])
+    assert "--amp fp16 needs a GPU" in capsys.readouterr().err
+    assert train_options.parse_args(["--device", "cpu", "--amp", "bf16"]).amp == "bf16"
