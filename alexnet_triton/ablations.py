@@ -27,7 +27,7 @@ from torch.utils.data import SequentialSampler  # noqa: E402
 
 from alexnet_triton import augmentation, checkpoint, data, train  # noqa: E402
 from alexnet_triton.evaluation import evaluate  # noqa: E402
-from alexnet_triton.runtime import Runtime  # noqa: E402
+from alexnet_triton.runtime import Runtime, resolve_device  # noqa: E402
 from alexnet_triton.training_state import build_model  # noqa: E402
 
 # variant -> the trainer's flags
@@ -184,7 +184,7 @@ def run(settings: Settings, out: str, device: str | None) -> dict:
                     raise RuntimeError(f"the trainer failed for {run_dir}")
                 if not finished(run_dir, settings):
                     raise RuntimeError(f"{run_dir} stopped before its last epoch; run the command again to resume")
-            evaluation_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            evaluation_device = resolve_device(device)
             results[variant].append(final_errors(run_dir, evaluation_device))
     rows = table_rows(results)
     wall = time.perf_counter() - start

@@ -17,6 +17,7 @@ import torch
 
 from alexnet_triton import ablations, checkpoint, relu_vs_tanh
 from alexnet_triton.cli_help import HelpWithDefaults
+from alexnet_triton.runtime import resolve_device
 
 SETTING_HELP = {
     "epochs": "epochs each net (or run) trains",
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.experiment == "relu-vs-tanh":
-            device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            device = resolve_device(args.device)
             torch.set_flush_denormal(True)  # as the trainer does: denormals make CPUs ~10x slower
             relu_vs_tanh.run(settings_from(args, relu_vs_tanh.Settings), args.out, device)
         else:

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from alexnet_triton import augmentation, checkpoint, data
 from alexnet_triton.cli_help import HelpWithDefaults
+from alexnet_triton.runtime import resolve_device
 from alexnet_triton.training_state import build_model
 
 BATCH = 32  # images per forward pass (x10 crops with --ten-crop)
@@ -121,7 +122,7 @@ def predict(paths: list[str], model, saved: checkpoint.TrainingCheckpoint, ten_c
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda was asked for but no CUDA GPU is available", file=sys.stderr)
         return 1

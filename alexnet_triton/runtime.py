@@ -22,15 +22,19 @@ class Runtime:
         return self.rank == 0
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """The device asked for (cuda, cuda:1, cpu), or when none is: cuda if a GPU is available, else cpu."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def start_runtime(device: str | None = None) -> Runtime:
     """One process, or one of WORLD_SIZE started by torchrun (NCCL on GPUs, gloo on CPUs). device: cuda or
     cpu (default: cuda when available)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    wanted = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
+    chosen = resolve_device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda was asked for but no CUDA GPU is available")
-    chosen = torch.device(wanted)
     if chosen.type == "cuda" and world_size > 1:
         chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if chosen.type == "cuda":

@@ -3,9 +3,8 @@ data (the built-in shapes dataset or ImageNet-like --data)."""
 
 import argparse
 
-import torch
-
 from alexnet_triton.cli_help import HelpWithDefaults
+from alexnet_triton.runtime import resolve_device
 
 # Defaults for the built-in dataset, chosen so the default run finishes in about two and a half minutes on
 # a 2-core CPU with 80% or more held-out accuracy (measured, seeds 0-3: 82-91%; see README). He
@@ -92,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--ten-crop", action="store_true", help="evaluate on ten crops, averaging the softmax")
     args = parser.parse_args(argv)
     defaults = PAPER if args.data else BUILTIN
-    on_gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    on_gpu = resolve_device(args.device).type == "cuda"
     if args.channels_last is None:
         args.channels_last = on_gpu
     if args.amp == "fp16" and not on_gpu:

@@ -45,22 +45,8 @@ FWD_PACKED_CONFIGS = {
     "exact": [_config(32, 32, 16, 4, 2)],
 }
 # The weight gradient's rows are output channels, its columns input channels of one tap (or packed (tap, channel)
-# pairs), its reduction pixels, always many: the same tiles.
-WGRAD_CONFIGS = {
-    "half": [
-        _config(64, 64, 64, 4, 4),
-        _config(128, 64, 64, 4, 3),
-        _config(64, 128, 64, 4, 3),
-        _config(128, 128, 64, 8, 3),
-    ],
-    "tf32": [
-        _config(64, 64, 32, 4, 4),
-        _config(128, 64, 32, 4, 3),
-        _config(64, 128, 32, 4, 3),
-        _config(128, 128, 32, 8, 3),
-    ],
-    "exact": [_config(32, 32, 16, 4, 2), _config(64, 64, 16, 4, 2)],
-}
+# pairs), its reduction pixels, always many: the forward's tiles, which the census compiles for both kernels.
+WGRAD_CONFIGS = FWD_CONFIGS
 # Packed (tap, channel) columns (conv1's 3 channels) gather each element with its own address and bounds: narrow
 # column blocks, which keep that in registers (64 columns spill).
 WGRAD_PACKED_CONFIGS = {
