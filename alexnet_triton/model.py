@@ -350,4 +350,5 @@ def _existing_device(name: str, device: str | torch.device) -> torch.device:
         index = torch.cuda.current_device() if device.index is None and count else device.index
         if count == 0 or index >= count:
             raise ValueError(f"{name}={str(device)!r} does not exist: this machine has {count} CUDA device(s)")
+        device = torch.device("cuda", index)  # guards and set_device need the index
     return device

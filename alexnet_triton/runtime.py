@@ -23,8 +23,13 @@ class Runtime:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """The device asked for (cuda, cuda:1, cpu), or when none is: cuda if a GPU is available, else cpu."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """The device asked for (cuda, cuda:1, cpu), or when none is: cuda if a GPU is available, else cpu. A CUDA
+    device always comes back with its index (cuda means the current one), as torch.cuda.set_device and device
+    guards require."""
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if chosen.type == "cuda" and chosen.index is None and torch.cuda.is_available():
+        chosen = torch.device("cuda", torch.cuda.current_device())
+    return chosen
 
 
 def start_runtime(device: str | None = None) -> Runtime:

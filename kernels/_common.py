@@ -1,9 +1,10 @@
-"""What the kernel files share: the interpreter switch, tile configs, output sizes, dtype rules, allocation."""
+"""What the kernel files share: the interpreter switch, the launch (device, grid limits, what tuning checks),
+output sizes, dtype rules, allocation."""
 
+import contextlib
 import functools
 import os
-import warnings
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
 import torch
 import triton
@@ -17,150 +18,85 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "tr
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def tuned(gpu_configs: list[triton.Config], key: list[str], interpreter_blocks, *, prune=None, checked=()):
-    """Decorator choosing a kernel's block sizes: autotuned over gpu_configs on a GPU; under the
-    interpreter, interpreter_blocks(args) -> {name: value}, computed from the launch's sizes.
+# CUDA's grid limits: axis 0 up to 2**31 - 1 programs, axes 1 and 2 up to 65,535 (the interpreter checks neither).
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
 
-    The interpreter runs one program instance at a time in numpy, so its cost is the number of
-    program instances times the ops each runs, and tiles that match the problem (a batch-2 fully
-    connected layer has 2 rows, not 128) save most of it. Nothing is benchmarked there.
 
-    On a GPU: prune(configs, args) -> the configs a launch may use (args: every argument by name); checked names
-    the output pointers of a kernel whose candidates are checked against each other (CheckedAutotuner). Tuning
-    results are kept on disk (Triton's cache), so a later run does not tune again.
-
-    Every name in key must be an argument of the kernel: the autotuner silently leaves out one that is
-    not, and would then reuse a config tuned for another shape or layout."""
-
-    def decorate(kernel):
-        unknown = [name for name in [*key, *checked] if name not in kernel.arg_names]
-        if unknown:
-            raise ValueError(f"autotune key {unknown} names no argument of {kernel.fn.__name__}: {kernel.arg_names}")
-        if not INTERPRET:
-
-            def early_prune(configs, named, **kwargs):  # Triton passes positional and keyword arguments apart
-                return prune(configs, {**named, **kwargs})
-
-            return CheckedAutotuner(
-                kernel,
-                kernel.arg_names,
-                gpu_configs,
-                key,
-                None,
-                None,
-                prune_configs_by={"early_config_prune": early_prune} if prune else None,
-                cache_results=True,
-                checked=checked,
+def check_grid(grid: tuple, kernel_name: str) -> tuple:
+    """grid itself, after checking it against GRID_LIMITS: a launch past them fails on a GPU with a driver error
+    that names no kernel, so it fails here first, saying which kernel and axis."""
+    for axis, (programs, limit) in enumerate(zip(grid, GRID_LIMITS, strict=False)):
+        if programs > limit:
+            raise ValueError(
+                f"{kernel_name}: {programs:,} programs on grid axis {axis}, past CUDA's limit of {limit:,} "
+                "(the input is too large for one launch: split the batch)"
             )
-        names = list(gpu_configs[0].kwargs)
-        return triton.heuristics({name: (lambda args, name=name: interpreter_blocks(args)[name]) for name in names})(
-            kernel
-        )
-
-    return decorate
+    return grid
 
 
-# How far a candidate config's output may stray from the first candidate's before it counts as miscompiled: well
-# above the rounding two summation orders give at each precision of the inputs, far below a wrong result (O(1)).
-AUTOTUNE_AGREEMENT = {torch.float64: 1e-9, torch.float32: 5e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+def device_guard(device: torch.device):
+    """What a launch runs under: CUDA's device guard for a CUDA tensor's device, so that Triton, which launches on
+    the current device and its current stream, launches on the tensor's (a tower on cuda:1 while cuda:0 is
+    current). Nothing for other devices."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-class CheckedAutotuner(triton.runtime.Autotuner):
-    """Triton's autotuner, which also runs each candidate once on the tuning inputs and compares the outputs named
-    in checked with the first candidate's: a config that disagrees beyond rounding is dropped (never picked), with
-    one warning naming kernel, config and error. Triton has miscompiled implicit-GEMM loops at num_warps=8
-    (triton-lang/triton#1254); a wrong kernel must not win by being fast. Each output is filled with NaN before a
-    candidate runs, so one that leaves elements unwritten disagrees too. The candidates are compiled side by side
-    before the first is timed (compile_candidates)."""
-
-    def __init__(self, *args, checked=(), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.checked = tuple(checked)
-        self.reference = None  # (config, outputs) of the first candidate for the shape being tuned
-        self.candidates = []  # the configs being tuned, compiled side by side before the first is timed
-        self.compile_ahead = False
-
-    def run(self, *args, **kwargs):
-        self.reference, self.compile_ahead = None, True
-        try:
-            return super().run(*args, **kwargs)
-        finally:
-            self.reference, self.compile_ahead = None, False
-
-    def prune_configs(self, kwargs):
-        self.candidates = super().prune_configs(kwargs)
-        return self.candidates
-
-    def compile_candidates(self, args, meta) -> None:
-        """Compile every candidate at once, on as many threads as cores, before the first is timed: Triton's
-        compiler spends most of its time outside the GIL (MLIR, LLVM, ptxas), so the first step's compile bill
-        divides over the cores instead of adding up config by config. A config that fails is left to the benchmark,
-        which skips it."""
-        workers = min(len(self.candidates), os.cpu_count() or 1)
-        if workers < 2 or INTERPRET:
-            return
-        with ThreadPoolExecutor(workers) as pool, triton.AsyncCompileMode(pool, ignore_errors=True):
-            for config in self.candidates:
-                try:
-                    self.fn.run(*args, **{**meta, "warmup": True}, **config.all_kwargs())
-                except Exception:
-                    continue
-
-    def _bench(self, *args, config, **meta):
-        if self.compile_ahead:
-            self.compile_ahead = False
-            self.compile_candidates(args, meta)
-        if self.checked:
-            error = self.disagreement(args, config, meta)
-            if error is not None:
-                return [float("inf")] * 3
-        return super()._bench(*args, config=config, **meta)
-
-    def disagreement(self, args, config, meta) -> float | None:
-        """Run config once; its relative error against the reference if it is past AUTOTUNE_AGREEMENT, else None."""
-        named = {**dict(zip(self.arg_names, args, strict=False)), **meta}
-        outputs = [named[name] for name in self.checked]
-        for output in outputs:
-            output.fill_(float("nan"))
-        try:
-            self.fn.run(*args, **meta, **config.all_kwargs())
-        except Exception:  # a config that does not compile or fit is left to the benchmark, which skips it
-            return None
-        got = [output.clone() for output in outputs]
-        if self.reference is None:
-            self.reference = (config, got)
-            return None
-        reference_config, wanted = self.reference
-        error = max(relative_difference(a, b) for a, b in zip(got, wanted, strict=True))
-        dtypes = [value.dtype for value in named.values() if isinstance(value, torch.Tensor)]
-        tolerance = max((AUTOTUNE_AGREEMENT.get(dtype, 0.0) for dtype in dtypes), default=0.0)
-        if error <= tolerance:
-            return None
-        warnings.warn(
-            f"autotuning {self.base_fn.__name__}: dropped config ({config}): its output differs from the first "
-            f"config's ({reference_config}) by relative error {error:.3g}, past the {tolerance:g} rounding allows",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return error
+_pending = threading.local()
 
 
-def relative_difference(got: torch.Tensor, wanted: torch.Tensor) -> float:
-    """||got - wanted|| / ||wanted|| in float64, where equal non-finite values (NaN and NaN, inf and inf) agree and
-    any other NaN makes it infinite."""
-    got, wanted = got.double(), wanted.double()
-    same = (got == wanted) | (got.isnan() & wanted.isnan())
-    difference = torch.where(same, 0.0, got - wanted)
-    if difference.isnan().any():
-        return float("inf")
-    scale = torch.where(wanted.isfinite(), wanted, 0.0).norm().item()
-    return difference.norm().item() / max(scale, torch.finfo(torch.float64).tiny)
+def pending_expectation():
+    """The expectation the launch on this thread hands its autotuner, made now (only a launch that tunes asks)."""
+    make = getattr(_pending, "make", None)
+    return make() if make is not None else None
 
 
-def launcher(kernel):
-    """kernel[grid](...) through torch.library.wrap_triton, so torch.compile can trace the launch; the
-    interpreter's kernels (never compiled, and not Autotuner objects) launch directly."""
-    return kernel if INTERPRET else wrap_triton(kernel)
+@contextlib.contextmanager
+def expecting(make):
+    """Within it, a launch on this thread that tunes checks its candidates against make() (launcher does this)."""
+    saved = getattr(_pending, "make", None)
+    _pending.make = make
+    try:
+        yield
+    finally:
+        _pending.make = saved
+
+
+class launcher:  # noqa: N801 (used as launcher(kernel)[grid](...), like the kernel itself)
+    """launcher(kernel, expect)[grid](*args, **meta): the kernel's launch, on its first tensor argument's device,
+    with the grid checked against CUDA's limits, through torch.library.wrap_triton so that torch.compile can trace
+    it (the interpreter's kernels, never compiled, launch directly). expect: () -> the trusted answer a tuning
+    candidate must produce (expected.py), called only when the launch tunes."""
+
+    __slots__ = ("kernel", "expect")
+
+    def __init__(self, kernel, expect=None):
+        self.kernel = kernel
+        self.expect = expect
+
+    def __getitem__(self, grid):
+        name = _kernel_name(self.kernel)
+
+        def within_limits(meta):
+            return check_grid(grid(meta) if callable(grid) else grid, name)
+
+        def launch(*args, **kwargs):
+            device = next(arg.device for arg in args if isinstance(arg, torch.Tensor))
+            saved = getattr(_pending, "make", None)
+            _pending.make = self.expect
+            try:
+                with device_guard(device):
+                    target = self.kernel if INTERPRET else wrap_triton(self.kernel)
+                    return target[within_limits](*args, **kwargs)
+            finally:
+                _pending.make = saved
+
+        return launch
+
+
+def _kernel_name(kernel) -> str:
+    while not hasattr(kernel, "__name__") and hasattr(kernel, "fn"):
+        kernel = kernel.fn
+    return getattr(kernel, "__name__", repr(kernel))
 
 
 def bf16_in_fp32_under_interpreter(launch):

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, autotune, expected
 
 # ---------------------------------------------------------------------------------------------
 # Constants
@@ -41,7 +41,7 @@ BOX_COLUMNS = 4  # sample index, top, left, flip (0 or 1)
 # ---------------------------------------------------------------------------------------------
 
 
-@_common.tuned(_GPU_CONFIGS, ["size", "CHANNELS_LAST"], _interpreter_blocks)
+@autotune.tuned(_GPU_CONFIGS, ["size", "CHANNELS_LAST"], _interpreter_blocks, checked=["out_ptr"])
 @triton.jit
 def _crop_normalize_kernel(
     # pointers: images uint8 (N, S, S, 3); boxes int32 (M, 4); shift float32 (M, 3); mean, scale float32 (3,)
@@ -54,8 +54,9 @@ def _crop_normalize_kernel(
     # meta-parameters: CHANNELS_LAST walks the output in its memory order, so stores are contiguous
     CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    crop = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    # Crops on grid axis 0 (up to 2**31 - 1 programs): ten-crop evaluation makes 40 crops per training image.
+    crop = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < 3 * size * size
     if CHANNELS_LAST:  # (y, x, c) order
         y, x, c = offs // (3 * size), (offs // 3) % size, offs % 3
@@ -108,9 +109,12 @@ def crop_normalize(
         return out
 
     def grid(meta):
-        return (triton.cdiv(3 * size * size, meta["BLOCK"]), count)
+        return (count, triton.cdiv(3 * size * size, meta["BLOCK"]))
 
-    _common.launcher(_crop_normalize_kernel)[grid](
+    def expect():
+        return expected.crop_normalize(images, boxes, shift, mean, scale, size, dtype, results=lambda: [out])
+
+    _common.launcher(_crop_normalize_kernel, expect)[grid](
         images, boxes, shift, mean, scale, out,
         size,
         *images.stride(),

@@ -30,14 +30,14 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, autotune, expected
 from . import conv_tuning as tuning
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
 
-@_common.tuned(
+@autotune.tuned(
     tuning.TUNED_CONFIGS["_conv_fwd_kernel"],
     [
         *["M", "C_in_g", "C_out_g", "TAPS", "SPLITS", "PACKED", "TF32"],
@@ -52,7 +52,7 @@ from . import conv_tuning as tuning
     ),
     checked=["out_ptr"],
 )
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # the batch's pixels: only masks read it, so a new batch size compiles nothing
 def _conv_fwd_kernel(
     # pointers; out is [SPLITS, N, C_out, OH, OW] through its strides (fp32 partial sums when SPLITS > 1)
     x_ptr, weight_ptr, bias_ptr, out_ptr,
@@ -231,7 +231,14 @@ def convolve(
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C_out_g, meta["BLOCK_N"]), groups, splits)
 
-    _common.launcher(_conv_fwd_kernel)[grid](
+    def expect():
+        if splits > 1:  # the kernel writes partial sums, without bias or ReLU
+            return expected.conv(x, weight, None, stride, padding, groups, relu=False, tf32=tf32,
+                                 out_dtype=target.dtype, results=lambda: [target.sum(0)])
+        return expected.conv(x, weight, bias, stride, padding, groups, relu=relu, tf32=tf32, out_dtype=out.dtype,
+                             results=lambda: [out])
+
+    _common.launcher(_conv_fwd_kernel, expect)[grid](
         x, weight, bias if bias is not None else weight, target,
         M, C_in_g, C_out_g, H, W, OH, OW, KW, KH * KW, splits,
         stride[0], stride[1], padding[0], padding[1],

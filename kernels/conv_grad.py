@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, autotune, expected
 from . import conv_tuning as tuning
 from .conv import convolve, covers_input, dense_channels, flatten_to_1x1
 from .conv_tuning import MASK_CONFIGS
@@ -17,12 +17,13 @@ from .conv_tuning import MASK_CONFIGS
 # Kernels
 # ---------------------------------------------------------------------------------------------
 
-@_common.tuned(
+@autotune.tuned(
     MASK_CONFIGS,
     ["PIXELS_PER_PROGRAM", "C", "HAS_BIAS", "stride_grad_c", "stride_out_c"],
     tuning.interpreter_mask_blocks,
+    checked=["masked_ptr", "partial_db_ptr"],
 )
-@triton.jit
+@triton.jit(do_not_specialize=["PIXELS"])  # the batch's pixels: only masks read it
 def _relu_grad_kernel(
     # pointers: masked [N, OH, OW, C] dense, partial_db [pixel chunks, C] in ACC_DTYPE
     grad_ptr, out_ptr, masked_ptr, partial_db_ptr,
@@ -60,14 +61,14 @@ def _relu_grad_kernel(
         tl.store(partial_db_ptr + chunk * stride_partial_db_chunk + c, db, mask=mask_c)
 
 
-@_common.tuned(
+@autotune.tuned(
     tuning.TUNED_CONFIGS["_conv_dgrad_gather_kernel"],
     ["GEMM_M", "GEMM_N", "GEMM_K", "TF32", "stride_grad_c"],
     tuning.interpreter_gather_blocks,
     prune=tuning.prune(tuning.GATHER_CONFIGS, "grad_ptr", {}),
     checked=["dx_ptr"],
 )
-@triton.jit
+@triton.jit(do_not_specialize=["GEMM_M"])  # the batch's pixels: only masks read it
 def _conv_dgrad_gather_kernel(
     # pointers: grad is the masked gradient g
     grad_ptr, weight_ptr, dx_ptr,
@@ -143,7 +144,7 @@ def _conv_dgrad_gather_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@_common.tuned(
+@autotune.tuned(
     tuning.TUNED_CONFIGS["_conv_wgrad_kernel"],
     ["C_out_g", "COLUMNS", "KW", "PIXELS_PER_SPLIT", "PACKED", "TF32", "stride_x_c"],
     tuning.interpreter_wgrad_blocks,
@@ -152,7 +153,7 @@ def _conv_dgrad_gather_kernel(
     ),
     checked=["partial_dw_ptr"],
 )
-@triton.jit
+@triton.jit(do_not_specialize=["PIXELS", "PIXELS_PER_SPLIT"])  # the batch's pixels: loop bounds and masks
 def _conv_wgrad_kernel(
     # pointers: grad is the masked gradient g, dense [pixels, C_out]; partial_dw [splits, C_out, KH, KW, Cin_g]
     # in ACC_DTYPE
@@ -273,7 +274,12 @@ def relu_grad(grad_out: torch.Tensor, out: torch.Tensor, with_bias: bool) -> tup
     def grid(meta):
         return (chunks, triton.cdiv(C, meta["BLOCK_C"]))
 
-    _common.launcher(_relu_grad_kernel)[grid](
+    def expect():
+        return expected.relu_grad(
+            grad_out, out, with_bias, results=lambda: [masked, partial_db.sum(0)] if with_bias else [masked]
+        )
+
+    _common.launcher(_relu_grad_kernel, expect)[grid](
         grad_out, out, masked, partial_db,
         pixels, per_program, C, OH, OW,
         *grad_out.stride(), *out.stride(), partial_db.stride(0),
@@ -329,12 +335,18 @@ def conv_relu_input_grad(
     def grid(meta):
         return (triton.cdiv(gemm_m, meta["BLOCK_M"]) * triton.cdiv(C_in_g, meta["BLOCK_N"]), groups)
 
-    _common.launcher(_conv_dgrad_gather_kernel)[grid](
+    def expect():
+        return expected.conv_input_grad(
+            masked, weight, input_shape, stride, padding, groups, tf32=tf32, out_dtype=dx.dtype, results=lambda: [dx]
+        )
+
+    tf32 = _common.use_tf32(masked.dtype)
+    _common.launcher(_conv_dgrad_gather_kernel, expect)[grid](
         masked, weight, dx,
         gemm_m, C_in_g, gemm_k, C_out_g, H, W, OH, OW, KW,
         stride[0], stride[1], padding[0], padding[1],
         *masked.stride(), *weight.stride(), *dx.stride(),
-        TF32=_common.use_tf32(masked.dtype),
+        TF32=tf32,
     )
     return dx
 
@@ -375,15 +387,24 @@ def conv_relu_weight_grad(
         rows, column_tiles = triton.cdiv(C_out_g, meta["BLOCK_M"]), triton.cdiv(columns, meta["BLOCK_N"])
         return (rows * column_tiles * (1 if packed else taps), splits, groups)
 
-    _common.launcher(_conv_wgrad_kernel)[grid](
+    tf32 = _common.use_tf32(x.dtype)
+
+    def expect():  # in the launch's own coordinates: the flattened input and a 1x1 kernel for fc6
+        shape = (C_out, channels, *kernel)
+        return expected.conv_weight_grad(
+            x, masked, shape, conv_stride, conv_padding, groups, tf32=tf32,
+            results=lambda: [partial_dw.sum(0).reshape(C_out, *kernel, channels).permute(0, 3, 1, 2)],
+        )
+
+    _common.launcher(_conv_wgrad_kernel, expect)[grid](
         masked, x, partial_dw,
         C_out_g, channels, columns, H, W, OH, OW, kernel[1], pixels, pixels_per_split,
         conv_stride[0], conv_stride[1], conv_padding[0], conv_padding[1],
-        masked.stride(3), masked.stride(1),
+        C_out, 1,  # dense NHWC: pixel p at p * C_out (not stride(3), which is arbitrary where OW is 1)
         *x.stride(),
         *partial_dw.stride(),
         PACKED=packed,
-        TF32=_common.use_tf32(x.dtype),
+        TF32=tf32,
     )
     dw = partial_dw.sum(0).reshape(C_out, KH, KW, C_in_g).permute(0, 3, 1, 2)
     return dw.to(x.dtype, memory_format=weight_memory_format)

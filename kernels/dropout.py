@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, autotune, expected
 
 # ---------------------------------------------------------------------------------------------
 # Constants
@@ -41,7 +41,7 @@ MAX_ELEMENTS = 2**31 - 1
 # ---------------------------------------------------------------------------------------------
 
 
-@_common.tuned(_GPU_CONFIGS, ["numel"], _interpreter_blocks)
+@autotune.tuned(_GPU_CONFIGS, ["numel"], _interpreter_blocks, checked=["out_ptr"])
 @triton.jit
 def _dropout_kernel(
     # pointers: seed_ptr holds one int64
@@ -84,5 +84,8 @@ def dropout(x: torch.Tensor, seed: torch.Tensor, p: float, memory_format: torch.
     def grid(meta):
         return (triton.cdiv(numel, meta["BLOCK"]),)
 
-    _common.launcher(_dropout_kernel)[grid](x, out, seed, numel, p, scale)
+    def expect():
+        return expected.DropoutMask(x, p, scale, results=lambda: [out])
+
+    _common.launcher(_dropout_kernel, expect)[grid](x, out, seed, numel, p, scale)
     return out

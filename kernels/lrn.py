@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, autotune, expected
 
 # ---------------------------------------------------------------------------------------------
 # Constants
@@ -74,7 +74,7 @@ def _pow_neg(base, beta):
 
 
 # stride_x_c in the key: it tells NCHW from channels_last.
-@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "stride_x_c"], _interpreter_blocks)
+@autotune.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "stride_x_c"], _interpreter_blocks, checked=["out_ptr"])
 @triton.jit
 def _lrn_fwd_kernel(
     # pointers
@@ -109,7 +109,7 @@ def _lrn_fwd_kernel(
 
 
 # stride_x_c in the key: it tells NCHW from channels_last.
-@_common.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "stride_x_c"], _interpreter_blocks)
+@autotune.tuned(_GPU_CONFIGS, ["C", "P", "SIZE", "stride_x_c"], _interpreter_blocks, checked=["dx_ptr"])
 @triton.jit
 def _lrn_bwd_kernel(
     # pointers
@@ -180,7 +180,10 @@ def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float)
     def grid(meta):
         return (triton.cdiv(N * H * W, meta["BLOCK_S"]),)
 
-    _common.launcher(_lrn_fwd_kernel)[grid](
+    def expect():
+        return expected.lrn(x, size, alpha, beta, k, results=lambda: [out])
+
+    _common.launcher(_lrn_fwd_kernel, expect)[grid](
         x, out,
         C, N * H * W, H, W,
         *x.stride(), *out.stride(),
@@ -203,7 +206,10 @@ def lrn_backward(
     def grid(meta):
         return (triton.cdiv(N * H * W, meta["BLOCK_S"]),)
 
-    _common.launcher(_lrn_bwd_kernel)[grid](
+    def expect():
+        return expected.lrn_grad(x, grad_out, size, alpha, beta, k, results=lambda: [dx])
+
+    _common.launcher(_lrn_bwd_kernel, expect)[grid](
         x, grad_out, dx,
         C, N * H * W, H, W,
         *x.stride(), *grad_out.stride(), *dx.stride(),

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, autotune, expected
 from .lrn import _pixel_block, _pow_neg, _ring_push
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +122,12 @@ def _windows_containing(
 # ---------------------------------------------------------------------------------------------
 
 
-@_common.tuned(_FWD_GPU_CONFIGS, ["C", "P", "SIZE", "KH", "KW", "CHANNELS_LAST"], _interpreter_fwd_blocks)
+@autotune.tuned(
+    _FWD_GPU_CONFIGS,
+    ["C", "P", "SIZE", "KH", "KW", "CHANNELS_LAST"],
+    _interpreter_fwd_blocks,
+    checked=["out_ptr", "pos_ptr"],
+)
 @triton.jit
 def _lrn_max_pool_fwd_kernel(
     # pointers
@@ -178,7 +183,9 @@ def _lrn_max_pool_fwd_kernel(
 
 
 # stride_x_c in the key: it tells NCHW from channels_last.
-@_common.tuned(_BWD_GPU_CONFIGS, ["C", "P", "SIZE", "KH", "KW", "stride_x_c"], _interpreter_bwd_blocks)
+@autotune.tuned(
+    _BWD_GPU_CONFIGS, ["C", "P", "SIZE", "KH", "KW", "stride_x_c"], _interpreter_bwd_blocks, checked=["dx_ptr"]
+)
 @triton.jit
 def _lrn_max_pool_bwd_kernel(
     # pointers
@@ -277,7 +284,10 @@ def lrn_max_pool_forward(
     def grid(meta):
         return (triton.cdiv(N * OH * OW, meta["BLOCK_S"]), triton.cdiv(C, meta["BLOCK_C"]))
 
-    _common.launcher(_lrn_max_pool_fwd_kernel)[grid](
+    def expect():
+        return expected.lrn_max_pool(x, size, alpha, beta, k, kernel, stride, padding, results=lambda: [out, pos])
+
+    _common.launcher(_lrn_max_pool_fwd_kernel, expect)[grid](
         x, out, pos,
         C, N * OH * OW, H, W, OH, OW,
         *x.stride(), *out.stride(),
@@ -312,7 +322,12 @@ def lrn_max_pool_backward(
     def grid(meta):
         return (triton.cdiv(N * H * W, meta["BLOCK_S"]),)
 
-    _common.launcher(_lrn_max_pool_bwd_kernel)[grid](
+    def expect():
+        return expected.lrn_max_pool_grad(
+            x, grad_out, pos, size, alpha, beta, k, kernel, stride, padding, results=lambda: [dx]
+        )
+
+    _common.launcher(_lrn_max_pool_bwd_kernel, expect)[grid](
         x, grad_out, pos, dx,
         C, N * H * W, H, W, OH, OW,
         *x.stride(), *grad_out.stride(), *pos.stride(), *dx.stride(),

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, autotune, expected
 
 # ---------------------------------------------------------------------------------------------
 # Constants
@@ -70,7 +70,7 @@ def _unflatten(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 
 
-@_common.tuned(_GPU_CONFIGS, ["TOTAL", "CHANNELS_LAST"], _interpreter_blocks)
+@autotune.tuned(_GPU_CONFIGS, ["TOTAL", "CHANNELS_LAST"], _interpreter_blocks, checked=["out_ptr", "pos_ptr"])
 @triton.jit
 def _max_pool_fwd_kernel(
     # pointers
@@ -112,7 +112,7 @@ def _max_pool_fwd_kernel(
     tl.store(pos_ptr + out_offs, best_pos.to(pos_ptr.dtype.element_ty), mask=mask)
 
 
-@_common.tuned(_GPU_CONFIGS, ["TOTAL", "CHANNELS_LAST"], _interpreter_blocks)
+@autotune.tuned(_GPU_CONFIGS, ["TOTAL", "CHANNELS_LAST"], _interpreter_blocks, checked=["dx_ptr"])
 @triton.jit
 def _max_pool_bwd_kernel(
     # pointers
@@ -186,7 +186,10 @@ def max_pool_forward(
     def grid(meta):
         return (triton.cdiv(total, meta["BLOCK"]),)
 
-    _common.launcher(_max_pool_fwd_kernel)[grid](
+    def expect():
+        return expected.max_pool(x, kernel, stride, padding, results=lambda: [out, pos])
+
+    _common.launcher(_max_pool_fwd_kernel, expect)[grid](
         x, out, pos,
         total, C, H, W, OH, OW,
         *x.stride(), *out.stride(),
@@ -216,7 +219,10 @@ def max_pool_backward(
     def grid(meta):
         return (triton.cdiv(total, meta["BLOCK"]),)
 
-    _common.launcher(_max_pool_bwd_kernel)[grid](
+    def expect():
+        return expected.max_pool_grad(grad_out, pos, input_shape, kernel, stride, padding, results=lambda: [dx])
+
+    _common.launcher(_max_pool_bwd_kernel, expect)[grid](
         grad_out, pos, dx,
         total, C, H, W, OH, OW,
         *grad_out.stride(), *pos.stride(), *dx.stride(),

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from alexnet_triton.runtime import Runtime, StopRequest, all_reduce_sum, autocast, to_device
+from alexnet_triton.model import AlexNet
+from alexnet_triton.runtime import Runtime, StopRequest, all_reduce_sum, autocast, start_runtime, to_device
 
 # Page faults while a 64 MB tensor is made and freed 20 times, after six such rounds to warm up (glibc settles on
 # where the block lives within the first few, now and then a round or two later); printed by a fresh process, so
@@ -34,6 +35,44 @@ def test_a_single_process_sums_to_its_own_values():
     runtime = Runtime(0, 1, torch.device("cpu"))
     assert runtime.is_main and not Runtime(1, 2, torch.device("cpu")).is_main
     assert all_reduce_sum([1.5, 2.0, 3.0], runtime) == [1.5, 2.0, 3.0]
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """A machine with one CUDA GPU as far as the trainer's device code can tell; torch.cuda.set_device applies
+    torch's own index check (which an index-less torch.device("cuda") fails) and records what it was given."""
+    chosen = []
+
+    def set_device(device):
+        torch.cuda._utils._get_device_index(device)  # raises for a device without an index
+        chosen.append(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return chosen
+
+
+@pytest.mark.parametrize("asked", [None, "cuda", "cuda:0"])
+def test_the_trainer_starts_on_one_gpu_with_an_indexed_device(one_gpu, asked):
+    runtime = start_runtime(asked)
+    assert runtime.device == torch.device("cuda", 0) and runtime.device.index == 0
+    assert one_gpu == [torch.device("cuda", 0)]
+
+
+def test_an_index_less_cuda_device_is_what_torch_refuses():
+    # What start_runtime handed torch.cuda.set_device before: the check above fails it.
+    with pytest.raises(ValueError, match="Expected a torch.device with a specified index"):
+        torch.cuda._utils._get_device_index(torch.device("cuda"))
+
+
+def test_towers_placed_on_cuda_get_indexed_devices(one_gpu, monkeypatch):
+    moved = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, device: moved.append(device) or self)
+    AlexNet(num_classes=10, image_size=67).place(["cuda", "cuda:0"])
+    assert moved == [torch.device("cuda", 0)] * 2
 
 
 def test_to_device_keeps_the_batch_and_applies_channels_last():
