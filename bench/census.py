@@ -21,6 +21,7 @@ nothing runs on a GPU.
 import argparse
 import dataclasses
 import datetime
+import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -90,25 +91,40 @@ def first_step_compiles(*, batch: int = 128, dtype: str = "bf16", sms: int = 132
     """Kernel -> how many distinct compiles AlexNet's first training step launches (per tower, channels_last, the
     input image needing no gradient): the conv launchers run on meta tensors of the towers' shapes with the kernels'
     launches recorded instead of run, each counted once per Triton specialization (an integer argument equal to 1
-    becomes a constant, a multiple of 16 gets a hint) and per config the autotuner keeps after pruning. sms: the GPU's
-    SM count, which decides the reduction splits. Needs the compiled kernels (no TRITON_INTERPRET)."""
+    becomes a constant, a multiple of 16 gets a hint, unless the kernel's do_not_specialize names it) and per config
+    the autotuner keeps after pruning. sms: the GPU's SM count, which decides the reduction splits. Needs the
+    compiled kernels (no TRITON_INTERPRET)."""
     import torch
     from alexnet_triton.kernels import _common, conv, conv_grad, conv_tuning
 
     from alexnet_triton.model import layer_shapes
+    from bench.kernel_specs import unspecialized
 
     if _common.INTERPRET:
         raise RuntimeError("first_step_compiles needs the kernels as compiled (TRITON_INTERPRET unset)")
     compiles = set()
 
-    def record(kernel):
+    def candidates(kernel, args, kwargs) -> list:
+        """The configs the kernel's autotuner keeps for a launch: its own prune (autotune.CheckedAutotuner), else
+        Triton's early_config_prune."""
+        named = {**dict(zip(kernel.arg_names, args, strict=False)), **kwargs}
+        if getattr(kernel, "prune", None) is not None:
+            return kernel.prune(kernel.configs, named)
+        kernel.nargs = named
+        return kernel.prune_configs(kwargs)
+
+    def record(kernel, expect=None):  # _common.launcher(kernel, expect): the expectation only matters to tuning
+        unspecialized_args = unspecialized(kernel)  # neither constant nor hint
+        fixed = [name not in unspecialized_args for name in kernel.arg_names]
+
+        def seen_as(arg, specialized: bool) -> str:  # what Triton specializes an argument on
+            if isinstance(arg, torch.Tensor):
+                return str(arg.dtype)
+            return "" if not specialized else "1" if arg == 1 else "D" if arg % 16 == 0 else ""
+
         def launch(*args, **kwargs):
-            specialization = tuple(
-                str(a.dtype) if isinstance(a, torch.Tensor) else ("1" if a == 1 else "D" if a % 16 == 0 else "")
-                for a in args
-            )
-            kernel.nargs = dict(zip(kernel.arg_names, args, strict=False))
-            for config in kernel.prune_configs(kwargs):
+            specialization = tuple(map(seen_as, args, fixed))
+            for config in candidates(kernel, args, kwargs):
                 compiles.add((kernel.base_fn.__name__, specialization, tuple(sorted(kwargs.items())), str(config)))
 
         return type("Recorder", (), {"__getitem__": lambda self, grid: launch})()
@@ -208,8 +224,12 @@ def summary(rows: list[Row]) -> list[str]:
     return lines
 
 
-# The issue's goals for the convolution (issue 13), by role: the kernel, the variant's flags, and the lowest modeled
-# bound its best non-spilling config must reach per precision, with async copies in its hot loop.
+# The kernels with tl.dot: none of their configs may spill, nor run more than MAX_CONV_WARPS warps (their
+# div/mod-indexed loops miscompiled at 8: triton-lang/triton#1254, pytorch/pytorch#173068; see conv_tuning.py).
+CONV_KERNELS = ("conv._conv_fwd_kernel", "conv_grad._conv_wgrad_kernel", "conv_grad._conv_dgrad_gather_kernel")
+MAX_CONV_WARPS = 4
+# The issue's goals for the convolution (issues 13 and 20), by role: the kernel, the variant's flags, and the lowest
+# modeled bound its best non-spilling config must reach per precision, with async copies in its hot loop.
 GOALS = [
     ("forward", "conv._conv_fwd_kernel", "HAS_BIAS=True RELU=True PACKED=False"),
     ("input gradient (stride 1)", "conv._conv_fwd_kernel", "HAS_BIAS=False RELU=False PACKED=False"),
@@ -220,7 +240,7 @@ GOAL_BOUND = {"bf16": 0.8, "fp16": 0.8, "tf32": 0.6}
 
 def goals(rows: list[Row]) -> list[str]:
     """One line per role and precision: met or not, with the best non-spilling config's numbers; and whether any
-    conv config spills."""
+    conv config spills or runs more than MAX_CONV_WARPS warps."""
     lines = []
     for role, kernel, flags in GOALS:
         for precision, wanted in GOAL_BOUND.items():
@@ -246,11 +266,25 @@ def goals(rows: list[Row]) -> list[str]:
                 f"- {role}, {precision}: {verdict}: bound {best.bound:.2f} (goal {wanted}) with {best.config}, "
                 f"{best.loop.length}-instruction hot loop, {best.loop.async_copies} async copies, no spills"
             )
-    conv = [row for row in rows if row.kernel.startswith("conv.") and not row.error]
+    conv = [row for row in rows if row.kernel in CONV_KERNELS and not row.error]
     if conv:
         spilling = [row for row in conv if row.spills]
         lines.append(f"- no conv config spills: {'met' if not spilling else f'NOT MET ({len(spilling)} spill)'}")
+        wide = sorted({row.config for row in conv if row.num_warps > MAX_CONV_WARPS})
+        verdict = "met" if not wide else f"NOT MET ({', '.join(wide)})"
+        lines.append(f"- no conv config runs more than {MAX_CONV_WARPS} warps: {verdict}")
     return lines
+
+
+def software() -> str:
+    """The versions that decide the compiled code: Triton, its ptxas, and the Python and PyTorch it ran under."""
+    import torch
+
+    try:
+        ptxas = f"ptxas {triton.knobs.nvidia.ptxas.version}"
+    except Exception:  # no NVIDIA backend: nothing was compiled for sm_90 either
+        ptxas = "no ptxas"
+    return f"Triton {triton.__version__} ({ptxas}), PyTorch {torch.__version__}, Python {platform.python_version()}"
 
 
 def report(rows: list[Row], *, title: str) -> str:
@@ -259,7 +293,7 @@ def report(rows: list[Row], *, title: str) -> str:
     head = [
         f"# {title}",
         "",
-        f"Static: compiled offline for sm_90 (an H100) with Triton {triton.__version__} on "
+        f"Static: compiled offline for sm_90 (an H100) with {software()} on "
         f"{datetime.date.today().isoformat()}, SASS read with cuobjdump; nothing ran on a GPU. "
         "The issue bound models issue only (hot-loop instructions x warps / 4 schedulers against the tensor-core "
         "cycles of the loop's FLOPs), not memory, latency or occupancy. See `bench/census.py`.",

@@ -9,7 +9,8 @@ Argument types come from the kernels' own Python signatures, so a renamed argume
 it is one of a spec's `pointers`, `floats` or `divisible`. A stride a variant sets to 1 is compiled as the constant
 Triton makes of it at run time (the conv kernels' channels_last fast path), and the arguments in `divisible` carry
 the multiple-of-16 hint Triton gives such values at run time (AlexNet's channel counts), so the code compiled here
-is the code a GPU runs on AlexNet's shapes.
+is the code a GPU runs on AlexNet's shapes. Arguments a kernel's `@triton.jit(do_not_specialize=...)` names (the
+batch's pixel counts) get neither at run time, and a spec that fixes or hints one is refused.
 """
 
 import dataclasses
@@ -22,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 from alexnet_triton.kernels import _common, augment, conv, conv_grad, conv_tuning, dropout, lrn, lrn_pool, pool
+from triton.runtime.interpreter import InterpretedFunction
 
 from alexnet_triton.model import OVERLAPPING_POOL, PAPER_LRN
 from bench.offline_compile import compile_jobs
@@ -63,8 +65,24 @@ class KernelSpec:
         return fn
 
     @property
+    def unspecialized(self) -> set[str]:
+        return unspecialized(self.kernel)
+
+    @property
     def name(self) -> str:
         return f"{self.function.__module__.rsplit('.', 1)[-1]}.{self.function.__name__}"
+
+
+def unspecialized(kernel) -> set[str]:
+    """The arguments a kernel's @triton.jit(do_not_specialize=...) names (kernel as its file defines it, compiled or
+    interpreted): Triton never makes them constants nor hints them as multiples of 16, so neither do the offline
+    compile and the census's count of compiles."""
+    fn = kernel
+    while not isinstance(fn, (triton.runtime.JITFunction, InterpretedFunction)):
+        fn = fn.fn
+    names = fn.do_not_specialize if isinstance(fn, triton.runtime.JITFunction) else fn.kwargs.get("do_not_specialize")
+    arg_names = list(inspect.signature(fn.fn).parameters)
+    return {arg_names[name] if isinstance(name, int) else name for name in names or ()}
 
 
 def with_tf32(dtype: str, **meta) -> list[dict]:
@@ -88,14 +106,14 @@ def conv_configs(lists: dict, packed_lists: dict | None = None) -> Callable[[str
 # as constants), channel counts and the strides they make multiples of 16 (AlexNet's 48-384 channels per layer).
 CONV_FWD_LAYOUT = {"stride_x_c": 1, "stride_weight_cin": 1, "stride_out_c": 1}
 CONV_FWD_DIVISIBLE = (
-    "M", "C_in_g", "C_out_g",
+    "C_in_g", "C_out_g",
     "stride_x_n", "stride_x_h", "stride_x_w", "stride_weight_cout", "stride_weight_kh", "stride_weight_kw",
     "stride_out_split", "stride_out_n", "stride_out_h", "stride_out_w",
 )  # fmt: skip
 
 
-# conv1's 3 input channels (packed taps) leave only the output's strides and the pixel count multiples of 16.
-CONV_FWD_PACKED_DIVISIBLE = ("M", "C_out_g", "stride_out_split", "stride_out_n", "stride_out_h", "stride_out_w")
+# conv1's 3 input channels (packed taps) leave only the output channels and strides multiples of 16.
+CONV_FWD_PACKED_DIVISIBLE = ("C_out_g", "stride_out_split", "stride_out_n", "stride_out_h", "stride_out_w")
 
 
 def conv_fwd_meta(dtype: str) -> list[dict]:
@@ -111,14 +129,14 @@ def conv_fwd_divisible(meta: dict) -> tuple[str, ...]:
 
 
 CONV_WGRAD_DIVISIBLE = (
-    "C_out_g", "C_in_g", "COLUMNS", "PIXELS", "stride_grad_pixel", "stride_x_n", "stride_x_h", "stride_x_w",
+    "C_out_g", "C_in_g", "COLUMNS", "stride_grad_pixel", "stride_x_n", "stride_x_h", "stride_x_w",
     "stride_partial_dw_split", "stride_partial_dw_cout", "stride_partial_dw_kh", "stride_partial_dw_kw",
 )  # fmt: skip
 
 
 def conv_wgrad_divisible(meta: dict) -> tuple[str, ...]:
-    """conv1's (packed) leaves the output channels, the pixel count and the gradient's pixel stride."""
-    return ("C_out_g", "PIXELS", "stride_grad_pixel") if meta["PACKED"] else CONV_WGRAD_DIVISIBLE
+    """conv1's (packed) leaves the output channels and the gradient's pixel stride."""
+    return ("C_out_g", "stride_grad_pixel") if meta["PACKED"] else CONV_WGRAD_DIVISIBLE
 
 
 def lrn_meta(dtype: str) -> list[dict]:
@@ -280,6 +298,8 @@ def compile_cases(spec: KernelSpec, *, all_configs: bool = False) -> list[dict]:
             hinted = spec.divisible(meta) if callable(spec.divisible) else spec.divisible
             unknown = (set(meta) | set(hinted)) - set(flags)
             assert not unknown, f"{spec.name}: a variant names arguments the kernel does not have: {sorted(unknown)}"
+            fixed = (set(meta) | set(hinted)) & spec.unspecialized
+            assert not fixed, f"{spec.name}: do_not_specialize: Triton neither fixes nor hints {sorted(fixed)}"
             divisible = [name for name in flags if name.endswith("_ptr") or name in hinted]
             if spec.configs_for is not None:
                 configs = spec.configs_for(dtype, meta)

@@ -16,23 +16,25 @@ def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -
 
 
 # Tile configs per precision class of tl.dot, chosen from the static census (python -m bench.census,
-# bench/results/census-sm90.md): none spills, and each list's first config (4 warps, as PyTorch caps its conv
-# template) is the reference the others are checked against while tuning (_common.CheckedAutotuner).
+# bench/results/census-sm90.md): none spills, and each list starts with a small conservative config.
+# At most 4 warps, in every conv list: these kernels loop over (tap, channel block) or pixel blocks with div/mod index
+# math, and Triton has miscompiled such non-unrolled loops at num_warps=8 (wrong results for non-1x1 convolutions:
+# pytorch/pytorch#173068, after triton-lang/triton#1254); PyTorch's Inductor caps its conv templates at 4 warps since.
+# tests/test_gpu_compile.py fails on a conv config with more.
 # bf16/fp16: wgmma with a 64-wide reduction block (128-byte rows, whole 16-byte async copies). The forward kernel
-# also runs the stride-1 input gradients and fc6/fc7.
+# also runs the stride-1 input gradients and fc6/fc7. Its 64x128 tile reaches the modeled issue bound 1.00 at 4 warps;
+# a 128x128 tile (8 warps until issue 20) adds nothing to that bound and, at 4 warps, needs 241-255 registers.
 FWD_CONFIGS = {
     "half": [
         _config(64, 64, 64, 4, 4),
         _config(128, 64, 64, 4, 3),
         _config(64, 128, 64, 4, 3),
-        _config(128, 128, 64, 8, 3),
     ],
     # TF32: the same tiles at half the bytes per element; wgmma takes 8 of K per instruction.
     "tf32": [
         _config(64, 64, 32, 4, 4),
         _config(128, 64, 32, 4, 3),
         _config(64, 128, 32, 4, 3),
-        _config(128, 128, 32, 8, 3),
     ],
     # fp32 without TF32 and fp64 (gradcheck) run tl.dot on the FMA units: small tiles, which do not spill.
     "exact": [_config(32, 32, 16, 4, 2), _config(64, 64, 16, 4, 2)],
@@ -45,8 +47,25 @@ FWD_PACKED_CONFIGS = {
     "exact": [_config(32, 32, 16, 4, 2)],
 }
 # The weight gradient's rows are output channels, its columns input channels of one tap (or packed (tap, channel)
-# pairs), its reduction pixels, always many: the forward's tiles, which the census compiles for both kernels.
-WGRAD_CONFIGS = FWD_CONFIGS
+# pairs), its reduction pixels, always many. Each trip steps every pixel lane's (n, oh, ow), work that 4 warps share
+# among half the threads 8 did: only a 128x128 tile carries it (census, bf16: 64x64 0.42, 128x64 0.67, 64x128 0.49,
+# dropped). 128x128 at BLOCK_K 32 (bound 0.85, 211 registers) rather than 64 (0.91, 244 registers), and in TF32 at
+# BLOCK_K 16 (0.68, 226) rather than 32 (0.72, 254): the highest bounds that leave a compiler update 29 or more
+# registers before ptxas spills (256-row tiles bound higher but pad AlexNet's 192 channels per tower to 256). At 8 warps
+# the 128x128 tile reached 0.84 and 0.67.
+WGRAD_CONFIGS = {
+    "half": [
+        _config(64, 64, 64, 4, 4),
+        _config(128, 64, 64, 4, 3),
+        _config(128, 128, 32, 4, 4),
+    ],
+    "tf32": [
+        _config(64, 64, 32, 4, 4),
+        _config(128, 64, 32, 4, 3),
+        _config(128, 128, 16, 4, 4),
+    ],
+    "exact": [_config(32, 32, 16, 4, 2), _config(64, 64, 16, 4, 2)],
+}
 # Packed (tap, channel) columns (conv1's 3 channels) gather each element with its own address and bounds: narrow
 # column blocks, which keep that in registers (64 columns spill).
 WGRAD_PACKED_CONFIGS = {
@@ -61,12 +80,14 @@ GATHER_CONFIGS = {
     "tf32": [_config(64, 64, 16, 4, 2)],
     "exact": [_config(32, 32, 16, 4, 2)],
 }
-# ReLU's mask is elementwise and memory-bound: a pixel block by a channel block, channels contiguous.
-MASK_CONFIGS = [
-    triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=4),
-    triton.Config({"BLOCK_P": 32, "BLOCK_C": 128}, num_warps=4),
-    triton.Config({"BLOCK_P": 128, "BLOCK_C": 32}, num_warps=4),
-]
+# ReLU's mask is elementwise and memory-bound: a pixel block by a channel block, channels contiguous. One config, not
+# tuned: each program also sums its pixels' gradients for the bias, and that sum's order follows BLOCK_P (one block
+# after another, a tree within each), so candidates tuned per key would make the bias gradient differ bit for bit
+# between runs, GPUs and layouts (the key holds the channel strides: NCHW and channels_last tune apart). With one
+# config both layouts compile the sum to the same layout (the masked output is channels_last either way). The census
+# finds the candidates alike (64x64, 32x128, 128x32 at 4 warps: 8 128-bit loads per trip, 601-627 instructions, no
+# spills); 64 channels waste least on AlexNet's 48-192 per tower and read 128-byte rows in bf16.
+MASK_CONFIGS = [triton.Config({"BLOCK_P": 64, "BLOCK_C": 64}, num_warps=4)]
 
 
 def _every(*lists: dict) -> list[triton.Config]:

@@ -26,11 +26,10 @@ def test_best_config_skips_spills_and_the_report_lists_every_row():
 
 
 def test_goals_need_async_copies_no_spills_and_the_bound():
-    def row(variant, precision, length, *, async_copies=8, spill=0):
+    def row(variant, precision, length, *, async_copies=8, spill=0, warps=4):
         loop = LoopCensus(length, 4, async_copies, async_copies, flops_per_warp=2 * 64**3 / 4)
-        return Row(
-            "conv._conv_fwd_kernel", precision, variant, f"{length}", 4, spill_stores=spill, spill_loads=0, loop=loop
-        )
+        kernel = "conv._conv_fwd_kernel"
+        return Row(kernel, precision, variant, f"{length}", warps, spill_stores=spill, spill_loads=0, loop=loop)
 
     forward = "HAS_BIAS=True RELU=True PACKED=False TF32=False"
     input_gradient = "HAS_BIAS=False RELU=False PACKED=False"
@@ -40,12 +39,15 @@ def test_goals_need_async_copies_no_spills_and_the_bound():
         row(forward, "fp16", 100, async_copies=0),  # no async copies: does not count
         row(forward, "fp16", 256),  # bound 0.5
         row(f"{input_gradient} TF32=True", "tf32", 400),  # 256 TF32 cycles / 400: 0.64
+        row(f"{input_gradient} TF32=True", "tf32", 800, warps=8),  # the same bound, but 8 warps
     ]
     lines = goals(rows)
     assert lines[0].startswith("- forward, bf16: met: bound 1.00 (goal 0.8) with 128,")
     assert lines[1].startswith("- forward, fp16: NOT MET: bound 0.50 (goal 0.8) with 256,")
     assert any(line.startswith("- input gradient (stride 1), tf32: met: bound 0.64") for line in lines)
-    assert lines[-1] == "- no conv config spills: NOT MET (1 spill)"
+    assert lines[-2] == "- no conv config spills: NOT MET (1 spill)"
+    assert lines[-1] == "- no conv config runs more than 4 warps: NOT MET (800)"
+    assert goals(rows[:-1])[-1] == "- no conv config runs more than 4 warps: met"
 
 
 def test_first_step_compiles_count_what_alexnets_first_step_launches():

@@ -9,7 +9,9 @@ process (TRITON_INTERPRET is read when triton is imported).
 `pytest -s tests/test_gpu_compile.py` prints the shared memory, registers and spills of every compile.
 ALEXNET_TRITON_COMPILE_ALL_CONFIGS=1 compiles every conv config, not just the default one (several minutes).
 A conv config (the kernels with tl.dot) that spills registers fails: the census (python -m bench.census) chose
-configs that do not, and a spill in the hot loop costs more than the tile gains.
+configs that do not, and a spill in the hot loop costs more than the tile gains. So does one with more than 4 warps
+(their loops' div/mod index math miscompiled at 8: triton-lang/triton#1254), and a second config for ReLU's mask
+(its bias sum's order would follow the tuning).
 """
 
 import importlib
@@ -19,10 +21,10 @@ import pkgutil
 import pytest
 import triton
 import triton.language as tl
-from alexnet_triton.kernels import _common
+from alexnet_triton.kernels import autotune, conv_tuning
 from triton.runtime.autotuner import Autotuner, Heuristics
 
-from bench.kernel_specs import SPEC_BY_NAME, SPECS, compile_specs
+from bench.kernel_specs import SPEC_BY_NAME, SPECS, KernelSpec, compile_cases, compile_specs, unspecialized
 from bench.offline_compile import missing_nvidia_backend
 
 # An H100's limits, checked when a kernel is loaded; the autotuner drops a config over them (OutOfResources). That is
@@ -65,11 +67,62 @@ def test_autotune_keys_name_kernel_arguments():
         pass
 
     def tune(key):
-        return _common.tuned([triton.Config({"BLOCK": 16})], key, lambda args: {"BLOCK": 16})(kernel)
+        return autotune.tuned([triton.Config({"BLOCK": 16})], key, lambda args: {"BLOCK": 16})(kernel)
 
     tune(["numel", "stride_x_c"])
     with pytest.raises(ValueError, match=r"autotune key \['sx_c'\] names no argument of kernel"):
         tune(["numel", "sx_c"])
+
+
+CONV_CONFIG_LISTS = ["FWD_CONFIGS", "FWD_PACKED_CONFIGS", "WGRAD_CONFIGS", "WGRAD_PACKED_CONFIGS", "GATHER_CONFIGS"]
+CONV_KERNELS = ["_conv_fwd_kernel", "_conv_wgrad_kernel", "_conv_dgrad_gather_kernel"]
+
+
+def test_conv_configs_run_at_most_4_warps():
+    """The conv kernels loop over (tap, channel block) or pixel blocks with div/mod index math, which Triton has
+    miscompiled at num_warps=8 (non-1x1 convolutions came out wrong: pytorch/pytorch#173068, after
+    triton-lang/triton#1254; Inductor caps its conv templates at 4 warps): no list the autotuner reads offers
+    more."""
+    wide = [
+        f"{name}[{precision!r}]: {config}"
+        for name in CONV_CONFIG_LISTS
+        for precision, configs in getattr(conv_tuning, name).items()
+        for config in configs
+        if config.num_warps > 4
+    ]
+    wide += [
+        f"TUNED_CONFIGS[{kernel!r}]: {config}"
+        for kernel in CONV_KERNELS
+        for config in conv_tuning.TUNED_CONFIGS[kernel]
+        if config.num_warps > 4
+    ]
+    assert not wide, "conv configs with more than 4 warps:\n" + "\n".join(wide)
+
+
+def test_relu_mask_is_not_tuned():
+    """ReLU's mask kernel sums the bias gradient in an order that follows its BLOCK_P: one config keeps that sum the
+    same whatever the tuning, the GPU or the layout."""
+    assert len(conv_tuning.MASK_CONFIGS) == 1
+    assert conv_tuning.TUNED_CONFIGS["_relu_grad_kernel"] == conv_tuning.MASK_CONFIGS
+
+
+def test_compile_cases_leave_do_not_specialize_arguments_unhinted():
+    """Triton hints an integer argument as a multiple of 16 at run time unless the kernel's do_not_specialize names
+    it; the offline compile must not hint it either (it would compile code no GPU runs), so a spec that does is
+    refused. Every config of every spec makes consistent cases."""
+
+    @triton.jit(do_not_specialize=["pixels"])
+    def kernel(x_ptr, pixels, channels, BLOCK: tl.constexpr):
+        pass
+
+    assert unspecialized(kernel) == {"pixels"}
+    configs = [triton.Config({"BLOCK": 16})]
+    spec = KernelSpec(kernel, lambda dtype: [{}], configs_for=lambda dtype, meta: configs, divisible=("channels",))
+    assert {tuple(case["divisible"]) for case in compile_cases(spec)} == {("x_ptr", "channels")}
+    with pytest.raises(AssertionError, match=r"do_not_specialize.*\['pixels'\]"):
+        compile_cases(KernelSpec(kernel, lambda dtype: [{}], configs_for=lambda d, m: configs, divisible=("pixels",)))
+    for spec in SPECS:
+        assert compile_cases(spec, all_configs=True)
 
 
 def test_every_kernel_has_a_compile_spec():
