@@ -1,6 +1,10 @@
 """Test setup: without a GPU the Triton kernels run in Triton's CPU interpreter.
 
 TRITON_INTERPRET must be set before triton is imported, hence at the top of this file.
+
+Every test gets: kernel buffers that start as NaN, a fresh seed, and true fp32 (TF32 off) unless it asks for TF32
+(allow_tf32, or the precision fixture's "tf32"). Tests that run kernels take the `device` fixture: the current
+CUDA device on a GPU, the CPU (interpreter) here. tests/test_conftest.py checks these fixtures.
 """
 
 import os
@@ -12,6 +16,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 from alexnet_triton.kernels import _common  # noqa: E402
+from helpers import tf32_off_until_allowed  # noqa: E402
 
 # The interpreter does not do half-precision arithmetic, so those run on a GPU only.
 PRECISIONS = ["float32", "tf32", "bfloat16", "float16"] if torch.cuda.is_available() else ["float32"]
@@ -41,18 +46,35 @@ def fresh_seed():
     return seed
 
 
+@pytest.fixture(autouse=True)
+def allow_tf32():
+    """Every test runs in true fp32 unless it asks for TF32: PyTorch lets cuDNN convolutions use TF32 by
+    default, and our conv kernels follow that flag (_common.use_tf32), so on a GPU an fp32 test that chose
+    nothing would run TF32 against fp32's tolerance. TF32 is off for cuDNN and cuBLAS matmuls while a test
+    runs; a test (or fixture: precision) that wants it calls allow_tf32(True). PyTorch's own settings are
+    back after the test."""
+    with tf32_off_until_allowed() as allow:
+        yield allow
+
+
 @pytest.fixture
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Where a test's tensors live: the current CUDA device, indexed (torch.cuda.set_device and device guards
+    need an index; torch.device("cuda") has none), else the CPU, where the kernels run in the interpreter."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 @pytest.fixture(params=PRECISIONS)
-def precision(request, monkeypatch):
+def precision(request, allow_tf32):
     """The precision a comparison runs at: fp32 everywhere; TF32, bf16 and fp16 on a GPU.
 
-    "float32" means true fp32: cuDNN (and our kernels, which follow its flag) may not use TF32.
+    "float32" means true fp32: cuDNN (and our kernels, which follow its flag) may not use TF32; "tf32" is fp32
+    tensors with TF32 allowed for cuDNN convolutions, our conv kernels and cuBLAS matmuls. It builds on the
+    allow_tf32 fixture, so its choice is made after (and wins over) allow_tf32's default.
     Returns (dtype of the tensors, key into helpers.TOLERANCE)."""
-    allow_tf32 = request.param == "tf32"
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
-    dtype = torch.float32 if request.param == "tf32" else getattr(torch, request.param)
-    return dtype, ("tf32" if allow_tf32 else dtype)
+    tf32 = request.param == "tf32"
+    allow_tf32(tf32)
+    dtype = torch.float32 if tf32 else getattr(torch, request.param)
+    return dtype, ("tf32" if tf32 else dtype)

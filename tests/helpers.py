@@ -1,6 +1,8 @@
 """Comparison helpers: relative error against a float64 reference, and tolerances per precision."""
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -86,3 +88,73 @@ def reference_backend_env(**extra: str) -> dict[str, str]:
     """Environment for a fresh process that runs the plain-PyTorch backend: no interpreter, no GPU."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     return env | {"CUDA_VISIBLE_DEVICES": ""} | extra
+
+
+# ---- TF32: every test chooses its precision -------------------------------------------------------
+
+
+def _legacy_tf32_switches() -> tuple:
+    """cuDNN's allow_tf32 (which our conv kernels follow, _common.use_tf32) and cuBLAS's."""
+    return torch.backends.cudnn, torch.backends.cuda.matmul
+
+
+def _set_legacy_tf32(switch, on: bool) -> None:
+    """switch.allow_tf32 = on, leaving it untouched where it already is (so PyTorch's state is not rewritten
+    into another spelling of the same value: cuBLAS's "none" would become "ieee")."""
+    try:
+        if switch.allow_tf32 == on:
+            return
+    except RuntimeError:  # legacy and new settings mixed (tf32_settings): setting the legacy flag unites them
+        pass
+    switch.allow_tf32 = on
+
+
+def tf32_settings() -> list[tuple[object, str, object]]:
+    """(owner, attribute, value) of each setting that decides whether fp32 cuDNN convolutions (and ours) and cuBLAS
+    matmuls may round to TF32, as it is now, in the order restore_tf32_settings sets them back.
+
+    The legacy allow_tf32 flags, which the kernels read, where they can be read; then, in PyTorch >= 2.9, the
+    per-backend fp32_precision strings (the broad "cuda" one before the narrow ones it overwrites), of which the
+    legacy flags are views. Those strings say what the flags cannot: the new API can set cuDNN's conv and rnn
+    apart, or cuBLAS's new setting apart from its legacy one, and PyTorch 2.14 then refuses to read the legacy
+    flag; restored last, they bring such a state back exactly."""
+    cudnn, matmul = _legacy_tf32_switches()
+    settings = []
+    for switch in (cudnn, matmul):
+        try:
+            settings.append((switch, "allow_tf32", switch.allow_tf32))
+        except RuntimeError:  # set apart through the new API: its strings below hold the state
+            pass
+    conv, rnn = getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None)
+    owners = (cudnn, conv, rnn, matmul)
+    if all(hasattr(owner, "fp32_precision") for owner in owners):
+        settings += [(owner, "fp32_precision", owner.fp32_precision) for owner in owners]
+    return settings
+
+
+def restore_tf32_settings(settings: list[tuple[object, str, object]]) -> None:
+    """Set back what tf32_settings saved, touching only what differs."""
+    for owner, name, value in settings:
+        if name == "allow_tf32":
+            _set_legacy_tf32(owner, value)
+        elif getattr(owner, name) != value:
+            setattr(owner, name, value)
+
+
+def allow_tf32(on: bool) -> None:
+    """Let fp32 cuDNN convolutions (and so our conv kernels) and cuBLAS matmuls use TF32, or forbid it."""
+    for switch in _legacy_tf32_switches():
+        _set_legacy_tf32(switch, on)
+
+
+@contextlib.contextmanager
+def tf32_off_until_allowed() -> Iterator[Callable[[bool], None]]:
+    """TF32 off (true fp32) for cuDNN convolutions, our conv kernels and cuBLAS matmuls until the body turns it
+    on with the allow_tf32 it is given; PyTorch's settings as they were on exit. PyTorch's default lets cuDNN
+    convolutions, and so our kernels, use TF32, which fp32's tolerance does not allow."""
+    saved = tf32_settings()
+    try:
+        allow_tf32(False)
+        yield allow_tf32
+    finally:
+        restore_tf32_settings(saved)

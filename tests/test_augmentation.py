@@ -1,6 +1,7 @@
 """What the network sees (alexnet_triton/augmentation.py): the paper's augmentation and test-time crops on the
-CPU, and the same crops made on the device by one Triton kernel from uint8 images and the same draws (run
-here through Triton's interpreter)."""
+CPU, and the same crops made on the device by one Triton kernel from uint8 images and the same draws (on the
+`device` fixture: compiled on a GPU, through Triton's interpreter on a CPU, where the kernel has no other way to
+run). The CPU references stay on the CPU; the device's crops come back to be compared."""
 
 import pytest
 import torch
@@ -103,7 +104,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_index():
 
 
 @pytest.mark.parametrize("standardize", [False, True])
-def test_training_crops_on_the_device_equal_the_cpu_crops_for_the_same_draws(standardize):
+def test_training_crops_on_the_device_equal_the_cpu_crops_for_the_same_draws(standardize, device):
     split, stats = random_split(12, 15), random_stats(standardize)
     cpu = augmentation.TrainingCrops(FloatView(split), 11, stats, seed=7)
     draws = augmentation.TrainingDraws(split, 11, stats, seed=7)
@@ -114,30 +115,31 @@ def test_training_crops_on_the_device_equal_the_cpu_crops_for_the_same_draws(sta
         images, boxes, shift, labels = default_collate([draws[i] for i in range(len(split))])
         assert set(boxes[:, 2].tolist()) == {0, 1}, "both flipped and unflipped crops are compared"
         assert torch.equal(labels, split.labels)
+        images, boxes, shift = images.to(device), boxes.to(device), shift.to(device)
         crops = augmentation.crop_on_device(images, augmentation.training_boxes(boxes), stats, 11, shift=shift)
-        assert crops.shape == (12, 3, 11, 11)
-        assert relative_error(crops, expected) < 1e-6
+        assert crops.shape == (12, 3, 11, 11) and crops.device == device
+        assert relative_error(crops.cpu(), expected) < 1e-6
 
 
 @pytest.mark.parametrize("side, size", [(15, 11), (14, 11), (9, 9)])
-def test_centre_and_ten_crops_on_the_device_equal_torchvisions(side, size):
+def test_centre_and_ten_crops_on_the_device_equal_torchvisions(side, size, device):
     split, stats = random_split(3, side), random_stats(standardize=True)
-    images = torch.stack([split.image(i) for i in range(3)])
+    images = torch.stack([split.image(i) for i in range(3)]).to(device)
     for ten_crop, reference in ((False, augmentation.eval_transform), (True, augmentation.ten_crops)):
         boxes = augmentation.evaluation_boxes(3, side, size, ten_crop, images.device)
         crops = augmentation.crop_on_device(images, boxes, stats, size)
         expected = torch.cat([reference(FloatView(split)[i][0], size, stats).reshape(-1, 3, size, size)
                               for i in range(3)])  # fmt: skip
-        assert crops.shape == expected.shape
-        assert relative_error(crops, expected) < 1e-6, f"ten_crop={ten_crop}"
+        assert crops.shape == expected.shape and crops.device == device
+        assert relative_error(crops.cpu(), expected) < 1e-6, f"ten_crop={ten_crop}"
 
 
-def test_crops_at_the_borders_flipped_or_not():
+def test_crops_at_the_borders_flipped_or_not(device):
     split, stats = random_split(2, 10), random_stats(standardize=False)
     images = torch.stack([split.image(i) for i in range(2)])
     boxes = torch.tensor([[0, 0, 0, 1], [1, 4, 4, 1], [1, 4, 0, 0], [0, 0, 4, 0]], dtype=torch.int32)
     shift = torch.randn(4, 3) * 5
-    crops = augmentation.crop_on_device(images, boxes, stats, 6, shift=shift)
+    crops = augmentation.crop_on_device(images.to(device), boxes.to(device), stats, 6, shift=shift.to(device)).cpu()
     for crop, (sample, top, left, flip), lighting in zip(crops, boxes.tolist(), shift, strict=True):
         window = images[sample, top : top + 6, left : left + 6].permute(2, 0, 1).float()
         window = window.flip(-1) if flip else window
@@ -146,15 +148,23 @@ def test_crops_at_the_borders_flipped_or_not():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_crops_come_in_the_training_dtype_and_memory_format(dtype):
+def test_crops_come_in_the_training_dtype_and_memory_format(dtype, device):
     split, stats = random_split(2, 12), random_stats(standardize=True)
-    images = torch.stack([split.image(i) for i in range(2)])
+    images = torch.stack([split.image(i) for i in range(2)]).to(device)
     boxes = augmentation.evaluation_boxes(2, 12, 9, True, images.device)
     reference = augmentation.crop_on_device(images, boxes, stats, 9)
     for memory_format in (torch.contiguous_format, torch.channels_last):
         crops = augmentation.crop_on_device(images, boxes, stats, 9, dtype=dtype, memory_format=memory_format)
         assert crops.dtype == dtype and crops.is_contiguous(memory_format=memory_format)
         assert torch.equal(crops, reference.to(dtype)), "one rounding of the fp32 value"
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
+    # What a CUDA machine (no TRITON_INTERPRET) answers for CPU tensors: a clear error, not a silent fallback.
+    monkeypatch.setattr(augmentation.functional, "backend", lambda device: "torch")
+    images, boxes = torch.zeros(1, 4, 4, 3, dtype=torch.uint8), torch.zeros(1, 4, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="give CUDA tensors, or set TRITON_INTERPRET=1"):
+        augmentation.crop_on_device(images, boxes, random_stats(standardize=False), 2)
 
 
 @pytest.mark.parametrize(
@@ -170,6 +180,7 @@ def test_crops_come_in_the_training_dtype_and_memory_format(dtype):
     ],
 )
 def test_bad_arguments_name_the_argument(change, match):
+    # Every check comes before the kernel is chosen, so CPU tensors reach them on any machine.
     valid = {
         "images": torch.zeros(2, 12, 12, 3, dtype=torch.uint8),
         "boxes": torch.zeros(2, 4, dtype=torch.int32),

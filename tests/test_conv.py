@@ -185,9 +185,9 @@ def launched(monkeypatch):
     order = []
     launch = _common.launcher
 
-    def recording(kernel):
+    def recording(kernel, *args, **kwargs):  # whatever else a launch passes the launcher, passed on
         order.append(names.get(kernel, kernel))
-        return launch(kernel)
+        return launch(kernel, *args, **kwargs)
 
     monkeypatch.setattr(_common, "launcher", recording)
     return order
@@ -233,7 +233,17 @@ def test_fully_connected_layers_split_their_reduction(x_shape, w_shape, splits, 
 @pytest.mark.parametrize("channels", [4, 16], ids=["packed-taps", "channel-blocks"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_channels_last_fast_path_equals_the_nchw_path(stride, channels, device):
-    # NCHW tensors are copied once into channels_last and run the same kernels: the same numbers, bit for bit.
+    """NCHW tensors are copied once into channels_last and run the same kernels: the same numbers, bit for bit.
+
+    What bit-for-bit rests on: each kernel sums in an order fixed by its block sizes, and on a GPU the autotuner
+    picks those per key. The forward, input-gradient and weight-gradient kernels read the dense channels_last
+    copies and the masked gradient (always channels_last), so both layouts launch them with the same keys and
+    get the same configs. The ReLU-mask kernel (conv_grad._relu_grad_kernel) reads the incoming gradient and the
+    output in the caller's layout, and its key holds their channel strides, so the two layouts are tuned apart
+    and may pick different BLOCK_P; BLOCK_P orders its bias-gradient sum. Here that cannot show: the incoming
+    gradient is all ones, so the bias gradient is a count of positive outputs, exact in fp32 in any order. With
+    any other gradient the bias gradient is bit-equal only while that kernel's summation order does not depend
+    on its tuning (or both layouts pick the same BLOCK_P)."""
     x, w = randn(2, 2 * channels, 9, 7, device=device), randn(2 * channels, channels, 3, 3, device=device)
     b = randn(2 * channels, device=device)
     results = []
@@ -339,8 +349,11 @@ def test_autocast_bf16_casts_like_conv2d():
 
 
 @requires_cuda
+@pytest.mark.parametrize("tf32", [False, True], ids=["fp32", "tf32"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_torch_compile_sees_one_op(memory_format):
+def test_torch_compile_sees_one_op(memory_format, tf32, allow_tf32):
+    # The precision is chosen, not inherited: true fp32, and TF32 as PyTorch's default lets cuDNN run fp32.
+    allow_tf32(tf32)
     conv = at.nn.Conv2dReLU(16, 32, 3, padding=1).cuda()
     compiled = torch.compile(conv, fullgraph=True)
     x = torch.randn(4, 16, 13, 13, device="cuda").to(memory_format=memory_format).requires_grad_()
@@ -349,7 +362,7 @@ def test_torch_compile_sees_one_op(memory_format):
     w64, b64 = conv.weight.detach().double().requires_grad_(), conv.bias.detach().double().requires_grad_()
     pre = F.conv2d(x64, w64, b64, padding=1)
     ref = F.relu(pre)
-    tol = TOLERANCE["tf32"]
+    tol = TOLERANCE["tf32" if tf32 else torch.float32]
     grad = away_from_kink(torch.randn_like(ref), pre.detach(), tol)
     out.backward(grad.float())
     ref.backward(grad)

@@ -1,6 +1,6 @@
 """How batches reach the network (alexnet_triton/input_pipeline.py): from a prepared store, the GPU pipeline
-(uint8 images and draws, crops made by the Triton kernel, here through the interpreter) hands the network
-what the CPU pipeline does."""
+(uint8 images and draws, crops made by the Triton kernel on the `device` fixture: compiled on a GPU, through the
+interpreter on a CPU) hands the network what the CPU pipeline does."""
 
 import pytest
 import torch
@@ -9,8 +9,6 @@ from image_tree import write_tree
 from torch.utils.data import default_collate
 
 from alexnet_triton import input_pipeline, prepare, store
-
-DEVICE = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -27,27 +25,29 @@ def batch(view, count: int):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_gpu_pipeline_trains_on_the_crops_the_cpu_pipeline_makes(splits, channels_last):
+def test_gpu_pipeline_trains_on_the_crops_the_cpu_pipeline_makes(splits, channels_last, device):
     train, val, stats = splits
     cpu = input_pipeline.CpuPipeline(train, val, 17, stats, seed=3)
     gpu = input_pipeline.GpuPipeline(train, val, 17, stats, seed=3)
     for epoch in (0, 1):
         cpu.training.set_epoch(epoch)
         gpu.training.set_epoch(epoch)
-        expected, expected_labels = cpu.training_batch(batch(cpu.training, 10), DEVICE, channels_last)
-        images, labels = gpu.training_batch(batch(gpu.training, 10), DEVICE, channels_last)
+        expected, expected_labels = cpu.training_batch(batch(cpu.training, 10), device, channels_last)
+        images, labels = gpu.training_batch(batch(gpu.training, 10), device, channels_last)
+        assert images.device == labels.device == device
         assert torch.equal(labels, expected_labels)
         assert images.is_contiguous(memory_format=torch.channels_last) == channels_last
         assert relative_error(images, expected) < 1e-6
 
 
 @pytest.mark.parametrize("ten_crop", [False, True])
-def test_gpu_pipeline_evaluates_the_crops_the_cpu_pipeline_makes(splits, ten_crop):
+def test_gpu_pipeline_evaluates_the_crops_the_cpu_pipeline_makes(splits, ten_crop, device):
     train, val, stats = splits
     cpu = input_pipeline.CpuPipeline(train, val, 17, stats, seed=0, ten_crop=ten_crop)
     gpu = input_pipeline.GpuPipeline(train, val, 17, stats, seed=0, ten_crop=ten_crop)
-    expected, expected_labels = cpu.evaluation_batch(batch(cpu.evaluation, 4), DEVICE, False)
-    images, labels = gpu.evaluation_batch(batch(gpu.evaluation, 4), DEVICE, False)
+    expected, expected_labels = cpu.evaluation_batch(batch(cpu.evaluation, 4), device, False)
+    images, labels = gpu.evaluation_batch(batch(gpu.evaluation, 4), device, False)
+    assert images.device == labels.device == device
     assert images.shape == expected.shape == ((4, 10, 3, 17, 17) if ten_crop else (4, 3, 17, 17))
     assert torch.equal(labels, expected_labels)
     assert relative_error(images, expected) < 1e-6

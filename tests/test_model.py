@@ -146,6 +146,8 @@ assert err < 1e-5, err
 
 
 def test_two_cpu_towers_compute_what_one_device_does():
+    # The placement code (explicit devices, the exchanges' copies) against devices=None, on the CPU whatever the
+    # machine: through the interpreter here, through reference.py on a CUDA machine; both sides run the same ops.
     torch.manual_seed(1)
     one = small_net().eval()
     two = small_net(devices=("cpu", "cpu")).eval()
@@ -154,9 +156,9 @@ def test_two_cpu_towers_compute_what_one_device_does():
     torch.testing.assert_close(two(images), one(images), rtol=0, atol=0)
 
 
-def test_towers_are_separate_before_the_exchange():
-    model = small_net().train()
-    images = torch.randn(2, 3, SMALL, SMALL)
+def test_towers_are_separate_before_the_exchange(device):
+    model = small_net().to(device).train()
+    images = torch.randn(2, 3, SMALL, SMALL, device=device)
     features = model.towers[1].run(STAGES[0], images)  # tower 1 before layer 3's exchange
     features.square().sum().backward()
     own, other = model.towers[1], model.towers[0]
@@ -243,11 +245,12 @@ def test_fused_lrn_and_pool_compute_what_the_separate_modules_do(device):
         assert_close(p.grad, q.grad, TOLERANCE[torch.float64], f"gradient of {name}")
 
 
-def test_one_tower_net_runs_and_has_about_the_same_parameters():
+def test_one_tower_net_runs_and_has_about_the_same_parameters(device):
     model = at.AlexNet(towers=1)
     # Section 3.2: conv5 and the fc layers keep their full size, so the counts stay close.
     assert abs(parameter_count(model) - 60_965_224) / 60_965_224 < 0.05
-    logits = at.AlexNet(10, image_size=SMALL, towers=1).eval()(torch.randn(1, 3, SMALL, SMALL))
+    small = at.AlexNet(10, image_size=SMALL, towers=1).to(device).eval()
+    logits = small(torch.randn(1, 3, SMALL, SMALL, device=device))
     assert logits.shape == (1, 10) and torch.isfinite(logits).all()
 
 
