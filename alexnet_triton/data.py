@@ -3,6 +3,13 @@
 loop reads them through, with the sampler that resumes an epoch part-way (SkipFirst). What the network
 sees of them (crops, flips, lighting, normalisation) is augmentation.py's.
 
+Every batch of a run has one of two sizes: the training batch and the evaluation batch. On a GPU the Triton
+kernels tune and compile for the sizes they see, so a partial last batch would have them tune and compile
+once more, for one step an epoch, at the end of the first epoch instead of in its first step. Training
+drops its last partial batch (an epoch loses at most one, other images each epoch, since each epoch is
+shuffled anew); evaluation pads its last batch up to the full size and leaves the padding's outputs out
+(even_batch_size, pad_rows).
+
 Sizes scale with the crop: the paper crops 227 out of 256, so an image_size of s crops s out of
 round(s * 256 / 227).
 """
@@ -203,18 +210,63 @@ class SkipFirst(Sampler):
         return len(self.sampler) - self.skip
 
 
+def steps_per_epoch(images: int, batch_size: int, world_size: int = 1) -> int:
+    """Training steps in an epoch of `images` training images shared by world_size processes: whole batches
+    of each process's share (a DistributedSampler's, the same on every process), the last partial batch
+    dropped. ValueError, naming the sizes, when a process's share is smaller than one batch: an epoch would
+    train no step at all."""
+    share = math.ceil(images / world_size)
+    if share < batch_size:
+        where = f" ({share} per process for {world_size} processes)" if world_size > 1 else ""
+        raise ValueError(
+            f"the training set has {images} images{where}, fewer than one batch of --batch-size {batch_size}: "
+            f"an epoch would train no step; use --batch-size {max(share, 1)} or less, or more training images"
+        )
+    return share // batch_size
+
+
+def even_batch_size(images: int, largest: int) -> int:
+    """The evaluation batch for `images` images: as few batches as batches of `largest` would take, their
+    size evened out, so the last one (padded up to it, pad_rows) carries as little padding as it can;
+    e.g. 1000 images at most 256 at a time: 4 batches of 250, none padded (256 would pad 24)."""
+    if images < 1:
+        return largest
+    return math.ceil(images / math.ceil(images / largest))
+
+
+def pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """tensor with zero rows appended along dimension 0 up to `rows` (tensor itself when it has as many),
+    in its memory format: a partial batch made full-size. The network treats each image on its own in
+    eval mode (no batch statistics, dropout off), so the real rows' outputs do not depend on the padding."""
+    if len(tensor) >= rows:
+        return tensor
+    padded = tensor.new_zeros((rows, *tensor.shape[1:]))
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        padded = padded.contiguous(memory_format=torch.channels_last)
+    padded[: len(tensor)] = tensor
+    return padded
+
+
 def make_loader(
-    dataset: Dataset, sampler: Sampler, batch_size: int, workers: int | None, device: torch.device, seed: int
+    dataset: Dataset,
+    sampler: Sampler,
+    batch_size: int,
+    workers: int | None,
+    device: torch.device,
+    seed: int,
+    *,
+    drop_last: bool = False,
 ) -> DataLoader:
     """Batches of dataset in sampler's order for a loop on device; workers None: none on a CPU (its
-    cores run the network), 8 beside a GPU."""
+    cores run the network), 8 beside a GPU. drop_last: leave out the last partial batch, as training does
+    (steps_per_epoch); evaluation keeps it and pads it (pad_rows)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers if workers is not None else (0 if device.type == "cpu" else 8),
         pin_memory=device.type == "cuda",
-        drop_last=False,
+        drop_last=drop_last,
         # Its own generator: a loader draws a seed for its workers each epoch, and drawing it from the
         # global one would shift the dropout seeds after a resume.
         generator=torch.Generator().manual_seed(seed),

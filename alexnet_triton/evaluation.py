@@ -16,25 +16,34 @@ from alexnet_triton.training_state import build_model
 @torch.no_grad()
 def evaluate(model, val_loader: DataLoader, args, runtime: Runtime, ten_crop: bool, pipeline=None) -> dict:
     """Loss and top-1 / top-5 error on the validation set (summed over all processes). pipeline (see
-    input_pipeline.py) turns a loader batch into crops on the device; None: the batch is the crops."""
+    input_pipeline.py) turns a loader batch into crops on the device; None: the batch is the crops.
+
+    The network sees every batch at val_loader's batch size: the last, partial one is padded up to it
+    (data.pad_rows) and the padding's outputs are left out before anything is counted, so on a GPU the
+    kernels tune and compile for one evaluation size only, and the numbers are those of the real images."""
     model.eval()
+    size = val_loader.batch_size  # None for a loader with its own batch sampler: its batches as they come
     loss_sum = correct1 = correct5 = count = 0.0
     for batch in val_loader:
         if pipeline is None:
             images, labels = to_device(*batch, runtime.device, args.channels_last)
         else:
             images, labels = pipeline.evaluation_batch(batch, runtime.device, args.channels_last)
+        real = len(labels)
+        if size is not None:
+            images = data.pad_rows(images, size)
         with autocast(args.amp, runtime.device):
             if ten_crop:  # (N, 10, 3, s, s): average the softmax over the crops (section 4.1)
                 n, crops = images.shape[:2]
                 probabilities = model(images.flatten(0, 1)).float().softmax(-1).view(n, crops, -1).mean(1)
             else:
                 probabilities = model(images).float().softmax(-1)
+        probabilities = probabilities[:real]  # the padding's rows are no images
         loss_sum += F.nll_loss(probabilities.clamp_min(1e-12).log(), labels, reduction="sum").item()
         top5 = probabilities.topk(min(5, probabilities.shape[1]), dim=1).indices
         correct1 += (top5[:, 0] == labels).sum().item()
         correct5 += (top5 == labels[:, None]).any(dim=1).sum().item()
-        count += len(labels)
+        count += real
     loss_sum, correct1, correct5, count = all_reduce_sum([loss_sum, correct1, correct5, count], runtime)
     return {
         "val_loss": loss_sum / count,
@@ -60,9 +69,8 @@ def evaluate_checkpoint(args: argparse.Namespace, runtime: Runtime) -> dict:
         val, val, image_size, stats, args.seed, runtime.device, args.ten_crop, args.augment
     )
     sampler = DistributedSampler(pipeline.evaluation, runtime.world_size, runtime.rank, shuffle=False)
-    val_loader = data.make_loader(
-        pipeline.evaluation, sampler, args.batch_size, args.workers, runtime.device, args.seed
-    )
+    batch = data.even_batch_size(len(sampler), args.batch_size)  # images per pass (x10 crops with --ten-crop)
+    val_loader = data.make_loader(pipeline.evaluation, sampler, batch, args.workers, runtime.device, args.seed)
     metrics = evaluate(model, val_loader, args, runtime, args.ten_crop, pipeline)
     if runtime.is_main:
         crops = "ten crops" if args.ten_crop else "center crop"

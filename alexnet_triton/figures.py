@@ -10,13 +10,16 @@ held-out images are spread evenly over the held-out set (an ImageFolder's images
 they cover many classes). The paper searched the whole training set for neighbours; here at most
 NEIGHBOUR_POOL training images, spread evenly, are searched: all of the built-in dataset's, and for
 ImageNet about four per class, which keeps the search at a minute or so at the end of a run.
+
+The network sees every image of a figure in batches of one size (the last padded up to it, data.pad_rows),
+so on a GPU its kernels tune and compile for one more size at most, not one per partial batch.
 """
 
 import os
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from alexnet_triton import augmentation, checkpoint, data, plots
 from alexnet_triton.model import AlexNet
@@ -26,9 +29,15 @@ PREDICTION_IMAGES = 8
 NEIGHBOUR_QUERIES = 5
 NEIGHBOURS = 6
 NEIGHBOUR_POOL = 5000
-# Pixels per forward pass: 64 images at 227x227 (75 MB of conv1 output in fp32); smaller crops come in
-# bigger batches, which read the fully-connected weights fewer times per image.
+# Pixels per forward pass at most: 64 images at 227x227 (75 MB of conv1 output in fp32); smaller crops come
+# in bigger batches, which read the fully-connected weights fewer times per image.
 BATCH_PIXELS = 64 * 227 * 227
+
+
+def batch_size_for(images: int, image_size: int) -> int:
+    """Images per forward pass for a figure that shows the network `images` images: BATCH_PIXELS' worth at
+    most, evened out over them (data.even_batch_size)."""
+    return data.even_batch_size(images, max(1, BATCH_PIXELS // image_size**2))
 
 
 def spread_indices(count: int, total: int) -> list[int]:
@@ -47,17 +56,19 @@ def centre_crops(dataset: Dataset, indices: list[int], image_size: int) -> tuple
 
 @torch.no_grad()
 def network_outputs(model: AlexNet, dataset: Dataset, indices: list[int], image_size: int, stats: dict,
-                    what: str) -> torch.Tensor:  # fmt: skip
+                    what: str, batch: int | None = None) -> torch.Tensor:  # fmt: skip
     """The model's softmax ("probabilities") or fc7 activations ("features") for these images' centre crops,
-    on the CPU; a batch at a time, so that thousands of 227x227 images never sit in memory at once."""
+    on the CPU; `batch` images at a time (default batch_size_for them), so that thousands of 227x227 images
+    never sit in memory at once. Every pass is `batch` images: the last is padded up to it, and the
+    padding's outputs are left out."""
     device = model.devices[0]
+    batch = batch or batch_size_for(len(indices), image_size)
     outputs = []
-    batch = max(1, BATCH_PIXELS // image_size**2)
     for start in range(0, len(indices), batch):
         crops, _ = centre_crops(dataset, indices[start : start + batch], image_size)
-        images = augmentation.normalize(crops, stats).to(device)
+        images = data.pad_rows(augmentation.normalize(crops, stats), batch).to(device)
         result = model(images).float().softmax(-1) if what == "probabilities" else model.features(images).float()
-        outputs.append(result.cpu())
+        outputs.append(result[: len(crops)].cpu())
     return torch.cat(outputs)
 
 
@@ -70,24 +81,27 @@ def nearest(queries: torch.Tensor, pool: torch.Tensor, k: int) -> tuple[torch.Te
 
 
 def draw(model: AlexNet, train_set: Dataset, val_set: Dataset, stats: dict, image_size: int, classes: list[str],
-         folder: str) -> dict:  # fmt: skip
+         folder: str, batch_size: int | None = None) -> dict:  # fmt: skip
     """Write predictions.png and neighbours.png into folder; returns what they show (dataset indices,
-    probabilities, neighbours and their distances)."""
+    probabilities, neighbours and their distances). Every forward pass is batch_size images (a run's
+    evaluation batch, so the figure adds no size the kernels have not seen; default batch_size_for the
+    images searched)."""
     was_training = model.training
     model.eval()  # no dropout: the trained network's own predictions and features
     try:
         shown = spread_indices(PREDICTION_IMAGES, len(val_set))
-        crops, labels = centre_crops(val_set, shown, image_size)
-        probabilities = network_outputs(model, val_set, shown, image_size, stats, "probabilities")
-        plots.top5_predictions(crops, probabilities, labels, classes, os.path.join(folder, "predictions.png"))
-
         queries = spread_indices(NEIGHBOUR_QUERIES, len(val_set))
         pool = spread_indices(NEIGHBOUR_POOL, len(train_set))
-        distances, found = nearest(
-            network_outputs(model, val_set, queries, image_size, stats, "features"),
-            network_outputs(model, train_set, pool, image_size, stats, "features"),
-            NEIGHBOURS,
-        )
+        batch = batch_size or batch_size_for(len(queries) + len(pool), image_size)
+        crops, labels = centre_crops(val_set, shown, image_size)
+        probabilities = network_outputs(model, val_set, shown, image_size, stats, "probabilities", batch)
+        plots.top5_predictions(crops, probabilities, labels, classes, os.path.join(folder, "predictions.png"))
+
+        # The queries' and the pool's features in one series of passes: the queries' few images share them.
+        searched = queries + [len(val_set) + i for i in pool]
+        features = network_outputs(model, ConcatDataset([val_set, train_set]), searched, image_size, stats,
+                                   "features", batch)  # fmt: skip
+        distances, found = nearest(features[: len(queries)], features[len(queries) :], NEIGHBOURS)
         neighbours = [[pool[j] for j in row] for row in found.tolist()]
         query_crops, query_labels = centre_crops(val_set, queries, image_size)
         found_crops, found_labels = centre_crops(train_set, [i for row in neighbours for i in row], image_size)
@@ -107,7 +121,8 @@ def draw(model: AlexNet, train_set: Dataset, val_set: Dataset, stats: dict, imag
 
 
 def draw_for_checkpoint(path: str, data_root: str | None, device: torch.device, devices: str | None = None,
-                        train_size: int | None = None, val_size: int | None = None) -> dict:  # fmt: skip
+                        train_size: int | None = None, val_size: int | None = None,
+                        batch_size: int | None = None) -> dict:  # fmt: skip
     """Figure 4 of a saved network (the trainer's --evaluate), into the checkpoint's folder: on data_root's
     images, or on the built-in dataset the run drew (its seed and sizes)."""
     saved = checkpoint.read(path)
@@ -121,4 +136,4 @@ def draw_for_checkpoint(path: str, data_root: str | None, device: torch.device, 
     model.load_state_dict(saved.model)
     stats = {key: value.cpu() for key, value in saved.stats.items()}
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    return draw(model, train_set, val_set, stats, image_size, classes, folder)
+    return draw(model, train_set, val_set, stats, image_size, classes, folder, batch_size)

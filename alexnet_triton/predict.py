@@ -26,7 +26,9 @@ from alexnet_triton.cli_help import HelpWithDefaults
 from alexnet_triton.runtime import resolve_device
 from alexnet_triton.training_state import build_model
 
-BATCH = 32  # images per forward pass (x10 crops with --ten-crop)
+# Images per forward pass at most (x10 crops with --ten-crop), evened out over the images (data.even_batch_size);
+# every pass is that size, the last padded up to it, so on a GPU the kernels tune and compile for one size.
+BATCH = 32
 
 
 class ImageError(ValueError):
@@ -111,9 +113,11 @@ def predict(paths: list[str], model, saved: checkpoint.TrainingCheckpoint, ten_c
         except ImageError as error:
             errors.append(str(error))
     results = []
-    for start in range(0, len(inputs), BATCH):
-        batch = torch.stack(inputs[start : start + BATCH])
-        best = probabilities(model, batch, ten_crop).topk(min(top, len(saved.classes)), dim=1)
+    size = data.even_batch_size(len(inputs), BATCH)
+    for start in range(0, len(inputs), size):
+        batch = torch.stack(inputs[start : start + size])
+        seen = probabilities(model, data.pad_rows(batch, size), ten_crop)[: len(batch)]  # the padding left out
+        best = seen.topk(min(top, len(saved.classes)), dim=1)
         for offset, (values, indices) in enumerate(zip(best.values.tolist(), best.indices.tolist(), strict=True)):
             classes = [{"class": saved.classes[i], "probability": p} for i, p in zip(indices, values, strict=True)]
             results.append({"image": readable[start + offset], "top": classes})

@@ -53,10 +53,12 @@ class RunFiles:
         plots.training_curves(history, self.path("curves.png"))
         plots.conv1_filters(model, self.path("conv1_filters.png"))
 
-    def figure4(self, model: torch.nn.Module, train_set, val_set, stats: dict, image_size: int, classes: list[str]):
-        """predictions.png and neighbours.png (figures.py) of the network as it ends the run."""
+    def figure4(self, model: torch.nn.Module, train_set, val_set, stats: dict, image_size: int, classes: list[str],
+                batch_size: int | None = None):  # fmt: skip
+        """predictions.png and neighbours.png (figures.py) of the network as it ends the run, in passes of
+        batch_size images (the run's evaluation batch: no batch size the kernels have not seen)."""
         if self.active:
-            figures.draw(model, train_set, val_set, stats, image_size, classes, self.folder)
+            figures.draw(model, train_set, val_set, stats, image_size, classes, self.folder, batch_size)
 
     def close(self) -> None:
         if self._steps_file is not None:

@@ -28,7 +28,6 @@ input_pipeline.py (crops on the device), training_state.py (network, optimizer, 
 
 import argparse
 import datetime
-import math
 import os
 import sys
 import time
@@ -56,7 +55,8 @@ from alexnet_triton.train_options import parse_args
 from alexnet_triton.training_state import TrainingState
 
 # Evaluation keeps no activations for a backward pass, so it can take bigger batches, which read the
-# fully-connected weights fewer times per image: 1.6x the images/s at 256 than at 64 on a 2-core CPU.
+# fully-connected weights fewer times per image: 1.6x the images/s at 256 than at 64 on a 2-core CPU. Its
+# batch is at most this many training batches, evened out over the held-out images (data.even_batch_size).
 EVALUATION_BATCH_FACTOR = 4
 
 
@@ -142,6 +142,9 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     train_set, val_set, classes = data.load_datasets(
         args.data, args.image_size, args.train_size, args.val_size, args.seed
     )
+    # Whole batches only (a partial one would make the GPU kernels tune and compile again); refused at once
+    # when the training set is smaller than one batch.
+    steps_per_epoch = data.steps_per_epoch(len(train_set), args.batch_size, runtime.world_size)
     if resumed is None:  # He initialisation expects unit-variance inputs; the paper's, raw pixels
         stats = data.training_statistics(args.data, train_set, args.seed, standardize=args.init == "kaiming")
     else:
@@ -158,7 +161,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     train_view, val_view = pipeline.training, pipeline.evaluation
     train_sampler = DistributedSampler(train_view, runtime.world_size, runtime.rank, shuffle=True, seed=args.seed)
     val_sampler = DistributedSampler(val_view, runtime.world_size, runtime.rank, shuffle=False)
-    eval_batch = EVALUATION_BATCH_FACTOR * args.batch_size
+    eval_batch = data.even_batch_size(len(val_sampler), EVALUATION_BATCH_FACTOR * args.batch_size)
     val_loader = data.make_loader(val_view, val_sampler, eval_batch, args.workers, runtime.device, args.seed)
 
     def save(name: str) -> None:
@@ -181,10 +184,10 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
             skip = position.batches_done * args.batch_size
             remaining = data.SkipFirst(train_sampler, skip)  # all of it, unless resuming mid-epoch
             train_loader = data.make_loader(
-                train_view, remaining, args.batch_size, args.workers, runtime.device, args.seed
+                train_view, remaining, args.batch_size, args.workers, runtime.device, args.seed, drop_last=True
             )
             train_metrics = train_one_epoch(ddp_model, state, train_loader, pipeline, args, runtime, stop, files)
-            if position.batches_done < math.ceil(len(train_sampler) / args.batch_size):  # stopped mid-epoch
+            if position.batches_done < steps_per_epoch:  # stopped mid-epoch
                 save("last.pt")
                 return stopped(position, folder, runtime)
             metrics = evaluate(ddp_model, val_loader, args, runtime, ten_crop=False, pipeline=pipeline)
@@ -203,7 +206,8 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
             files.log_epoch(row, state.history, state.model)
             if stop.requested or (args.max_steps is not None and position.global_step >= args.max_steps):
                 return stopped(position, folder, runtime)
-        files.figure4(state.model, train_set, val_set, state.stats, args.image_size, classes)  # the paper's figure 4
+        # The paper's figure 4, at the evaluation batch size.
+        files.figure4(state.model, train_set, val_set, state.stats, args.image_size, classes, eval_batch)
     if runtime.world_size > 1:
         check_ranks_agree(state.model, runtime)
     best = state.best_top1_error

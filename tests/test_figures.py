@@ -89,13 +89,22 @@ def test_spread_indices_cover_the_set_without_repeats():
     assert len(set(figures.spread_indices(5000, 12345))) == 5000
 
 
-def test_figure4_neighbours_are_the_true_nearest_in_fc7_by_brute_force(reference_math, tmp_path):
+# batch_size 7: 8 shown images in passes of 7, the last padded; the 5 queries and 24 training images in 5.
+@pytest.mark.parametrize("batch_size", [None, 7])
+def test_figure4_neighbours_are_the_true_nearest_in_fc7_by_brute_force(reference_math, tmp_path, batch_size):
     image_size = 67
     train_set = data.ShapesDataset("train", 24, image_size, seed=3)
     val_set = data.ShapesDataset("val", 10, image_size, seed=3)
     stats = augmentation.rgb_statistics(train_set.images.float(), standardize=True)
     model = AlexNet(10, image_size=image_size, init="kaiming").train()
-    shown = figures.draw(model, train_set, val_set, stats, image_size, train_set.classes, str(tmp_path))
+    sizes = []  # conv1 of the first tower runs in both model(images) and model.features(images)
+    hook = model.towers[0].conv1.register_forward_pre_hook(lambda module, inputs: sizes.append(len(inputs[0])))
+    shown = figures.draw(
+        model, train_set, val_set, stats, image_size, train_set.classes, str(tmp_path), batch_size=batch_size
+    )
+    hook.remove()
+    # Every pass at one size: the one asked for, else one batch of the 5 queries and 24 training images.
+    assert sizes == ([7] * (2 + 5) if batch_size else [29, 29])
 
     assert model.training, "the model is left in the mode it came in"
     for name in ("predictions.png", "neighbours.png"):

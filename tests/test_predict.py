@@ -89,6 +89,30 @@ def test_predictions_agree_with_the_network_called_directly(trained, monkeypatch
         assert probabilities == sorted(probabilities, reverse=True)
 
 
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_batches_are_one_size_and_the_padding_changes_no_prediction(trained, monkeypatch, ten_crop):
+    monkeypatch.setattr(_common, "INTERPRET", False)  # the reference math: the batching is tested, not the kernels
+    model, saved = predict.load_network(str(trained / "runs" / "tiny" / "best.pt"), torch.device("cpu"))
+    sizes = []
+    model.register_forward_pre_hook(lambda module, inputs: sizes.append(len(inputs[0])))
+    names = ["disc.png", "cross.jpg", "gray.png", "alpha.png", "disc.png"]
+    paths = [str(trained / name) for name in names]
+    crops = 10 if ten_crop else 1
+
+    whole, _ = predict.predict(paths, model, saved, ten_crop, top=10)
+    assert sizes == [5 * crops], "five images: one pass of all five"
+    sizes.clear()
+    monkeypatch.setattr(predict, "BATCH", 3)
+    batched, _ = predict.predict(paths, model, saved, ten_crop, top=10)
+    assert sizes == [3 * crops, 3 * crops], "passes of 3: the last one's two images padded to 3"
+    assert [entry["image"] for entry in batched] == paths
+    for padded, alone in zip(batched, whole, strict=True):
+        got = {item["class"]: item["probability"] for item in padded["top"]}
+        expected = {item["class"]: item["probability"] for item in alone["top"]}
+        assert got.keys() == expected.keys()
+        assert [got[name] for name in expected] == pytest.approx(list(expected.values()), rel=1e-5, abs=1e-7)
+
+
 def test_text_output_shows_the_top_classes_per_image(trained):
     result = run_predict("disc.png", "--checkpoint", "runs/tiny/best.pt", "--top", "3", cwd=trained)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -17,10 +17,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from alexnet_triton.kernels import _common
 from helpers import reference_backend_env
 from PIL import Image
 
-from alexnet_triton import checkpoint, prepare
+from alexnet_triton import checkpoint, figures, prepare, runtime, training_state
+from alexnet_triton import train as trainer
+from alexnet_triton.train_options import parse_args
 
 TINY = ["--train-size", "128", "--val-size", "40", "--batch-size", "32", "--image-size", "67"]
 
@@ -96,6 +99,7 @@ def test_image_folder_with_an_unreadable_file(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipping unreadable image" in result.stderr and "broken.jpg" in result.stderr
     assert "2 classes" in result.stdout and "13 training" in result.stdout
+    assert sorted(step_losses(tmp_path / "runs" / "folder")) == [1, 2, 3], "3 batches of 4; the 13th image left out"
 
 
 @pytest.mark.parametrize(
@@ -175,10 +179,11 @@ def test_sigterm_saves_after_the_step_and_the_run_resumes(tmp_path):
 def test_training_and_ten_crop_evaluation_from_a_prepared_store(tmp_path):
     write_image_folder(tmp_path / "images")
     manifest = prepare.prepare(str(tmp_path / "images"), str(tmp_path / "store"), side=76, workers=0)
-    trained = run_cli("--data", "store", "--image-size", "67", "--batch-size", "4", "--epochs", "1",
+    trained = run_cli("--data", "store", "--image-size", "67", "--batch-size", "5", "--epochs", "1",
                       "--name", "stored", cwd=tmp_path)  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "12 training and 12 validation images, 2 classes" in trained.stdout
+    assert sorted(step_losses(tmp_path / "runs" / "stored")) == [1, 2], "2 batches of 5; 2 images left out"
     saved = checkpoint.read(str(tmp_path / "runs" / "stored"))
     # The run normalizes with the store's statistics over every training image, not a sample's.
     expected_mean = torch.tensor(manifest["statistics"]["mean"], dtype=torch.float32)
@@ -203,3 +208,63 @@ def test_bf16_autocast_trains_on_a_cpu(tmp_path):
     (row,) = [json.loads(line) for line in (tmp_path / "runs" / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(row[key]) for key in ("train_loss", "val_loss", "val_top1_error"))
     assert run_cli(*TINY, "--epochs", "1", "--amp", "fp16", cwd=tmp_path).returncode != 0  # refused on a CPU
+
+
+@pytest.fixture
+def in_process(tmp_path, monkeypatch):
+    """The trainer run in this process through the reference math (as its own process runs without
+    TRITON_INTERPRET), in tmp_path, without taking over this process's Ctrl-C."""
+    monkeypatch.setattr(_common, "INTERPRET", False)
+    monkeypatch.setattr(runtime.StopRequest, "install", lambda self: None)
+    monkeypatch.chdir(tmp_path)
+    cpu = runtime.Runtime(0, 1, torch.device("cpu"))
+    return lambda *argv: trainer.train(parse_args([*argv, "--device", "cpu"]), cpu)
+
+
+def test_the_network_sees_one_training_and_one_evaluation_batch_size(in_process, tmp_path, monkeypatch):
+    """On a GPU the kernels tune and compile for the sizes they see: a run shows them the training batch
+    and the evaluation batch, and no other size (no partial last batch), across epochs and a mid-epoch
+    resume, figure 4 at the end included."""
+    phase = "run"
+    seen = []  # (what ran, images in the pass)
+
+    def record(module, inputs):
+        what = "training" if module.training else ("figure" if phase == "figure" else "evaluation")
+        seen.append((what, len(inputs[0])))
+
+    def build_model(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.towers[0].conv1.register_forward_pre_hook(record)  # runs in model(images) and model.features
+        return model
+
+    def draw(*args, **kwargs):
+        nonlocal phase
+        phase = "figure"
+        try:
+            return draw_figure(*args, **kwargs)
+        finally:
+            phase = "run"
+
+    build, draw_figure = training_state.build_model, figures.draw
+    monkeypatch.setattr(training_state, "build_model", build_model)
+    monkeypatch.setattr(figures, "draw", draw)
+    # 22 training images in batches of 4: 5 steps an epoch, 2 images left out. 19 held-out images, at most
+    # 4 x 4 at a time: 2 passes of 10, the second padded from 9.
+    sizes = ["--train-size", "22", "--val-size", "19", "--batch-size", "4", "--image-size", "67"]
+    stopped = in_process(*sizes, "--epochs", "2", "--max-steps", "7", "--name", "sizes")
+    assert stopped["stopped"] and stopped["position"]["batches_done"] == 2, "stopped mid-way through epoch 2"
+    finished = in_process("--resume", "runs/sizes")
+    assert not finished["stopped"]
+
+    assert sorted(step_losses(tmp_path / "runs" / "sizes")) == list(range(1, 11))
+    passes = {what: [size for kind, size in seen if kind == what] for what in ("training", "evaluation", "figure")}
+    assert passes["training"] == [4] * 10
+    assert passes["evaluation"] == [10] * 4, "2 passes an epoch, each of the one evaluation size"
+    assert passes["figure"] and set(passes["figure"]) == {10}, "figure 4 passes at the evaluation batch"
+    assert {size for _, size in seen} == {4, 10}
+
+
+def test_a_training_set_smaller_than_one_batch_stops_the_run_at_once(in_process, tmp_path):
+    with pytest.raises(ValueError, match=r"20 images, fewer than one batch of --batch-size 32"):
+        in_process("--train-size", "20", "--val-size", "10", "--batch-size", "32", "--image-size", "67")
+    assert not (tmp_path / "runs").exists(), "refused before the run began"
