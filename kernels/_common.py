@@ -146,7 +146,21 @@ def use_tf32(dtype: torch.dtype) -> bool:
 
     Kernels take this as a bool and derive their accumulator dtype from their pointers (fp32, or fp64
     for fp64), so no tl.dtype or string travels as a launch argument through torch.compile."""
-    return dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    return dtype == torch.float32 and cudnn_allows_tf32()
+
+
+def cudnn_allows_tf32() -> bool:
+    """torch.backends.cudnn.allow_tf32, or where a user set PyTorch's newer per-backend precision (which makes
+    reading the old flag raise), that setting: cudnn.conv's, else cudnn's, else the global one ("none" defers)."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        backends = torch.backends
+        for setting in (getattr(backends.cudnn, "conv", None), backends.cudnn, backends):
+            precision = getattr(setting, "fp32_precision", "none")
+            if precision != "none":
+                return precision == "tf32"
+        return False
 
 
 def empty(shape, *, like: torch.Tensor, dtype: torch.dtype | None = None, memory_format=None) -> torch.Tensor:

@@ -43,7 +43,7 @@ def bucket(value):
     two share a tuning result. Anything else (bools, floats, strings) as it is."""
     if isinstance(value, bool) or not isinstance(value, int):
         return value
-    return value if value <= 1 else triton.next_power_of_2(value)
+    return value if value <= 1 else 1 << (value - 1).bit_length()  # plain Python: this runs on every launch
 
 
 class AutotuneError(RuntimeError):
@@ -89,6 +89,28 @@ def constexpr_names(kernel) -> list[str]:
     return [p.name for p in parameters if p.annotation is tl.constexpr or str(p.annotation).endswith("constexpr")]
 
 
+def unspecialized_names(kernel) -> list[str]:
+    """The parameters its @triton.jit(do_not_specialize=...) names (Triton compiles one variant for any value)."""
+    names = []
+    while True:
+        for entry in getattr(kernel, "do_not_specialize", None) or []:
+            names.append(entry if isinstance(entry, str) else kernel.arg_names[entry])
+        if inspect.isfunction(kernel) or not hasattr(kernel, "fn"):
+            return names
+        kernel = kernel.fn
+
+
+def capturing(named: dict) -> bool:
+    """Whether the launch's device is capturing a CUDA graph (where tuning's fills, checks and timing cannot run)."""
+    device = next((value.device for value in named.values() if isinstance(value, torch.Tensor)), None)
+    return device is not None and device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+# What a failing GPU raises (an illegal address, a device-side assert): the process's CUDA context is lost, so it is
+# never taken for a wrong candidate. torch.AcceleratorError exists from torch 2.8 on.
+DEVICE_FAULTS = tuple(getattr(torch, name) for name in ("AcceleratorError",) if hasattr(torch, name))
+
+
 class CheckedAutotuner(triton.runtime.Autotuner):
     """Triton's autotuner (whose configs, keys and fn torch.compile reads when it traces a launch) with its own
     run: the key, the check of every candidate, the disk cache and the lock described in this module's docstring.
@@ -103,7 +125,11 @@ class CheckedAutotuner(triton.runtime.Autotuner):
         self.disk_cache = disk_cache
         tuned_names = {name for config in configs for name in config.kwargs}
         # Constexprs a launch passes change the compiled code, so they are part of the key.
-        self.key_names = list(dict.fromkeys([*key, *(n for n in constexpr_names(fn) if n not in tuned_names)]))
+        constexprs = constexpr_names(fn)
+        self.key_names = list(dict.fromkeys([*key, *(n for n in constexprs if n not in tuned_names)]))
+        # Triton compiles a variant per integer that is 1 or a multiple of 16 and per 16-byte-aligned pointer: each
+        # variant is tuned and checked on its own, so those facts are part of the key too.
+        self.specialized = [n for n in arg_names if n not in constexprs and n not in unspecialized_names(fn)]
         self.lock = threading.Lock()
         self.configs_timings = {}
 
@@ -112,7 +138,12 @@ class CheckedAutotuner(triton.runtime.Autotuner):
     def key_of(self, named: dict) -> tuple:
         """The tuning key of a launch's arguments by name (torch.compile's launches pass them all by keyword)."""
         key = [bucket(named.get(name)) for name in self.key_names]
-        key += [str(named[name].dtype) for name in self.arg_names if hasattr(named.get(name), "dtype")]
+        for name in self.specialized:
+            value = named.get(name)
+            if isinstance(value, torch.Tensor):
+                key.append((str(value.dtype), value.data_ptr() % 16 == 0))
+            elif isinstance(value, int) and not isinstance(value, bool):
+                key.append(1 if value == 1 else 16 if value % 16 == 0 else 0)
         return tuple(key)
 
     # -- launching ------------------------------------------------------------------------------------------
@@ -128,6 +159,11 @@ class CheckedAutotuner(triton.runtime.Autotuner):
         return self.fn.run(*args, **kwargs, **config.all_kwargs())
 
     def tune(self, key: tuple, args: tuple, kwargs: dict, named: dict) -> triton.Config:
+        if capturing(named):
+            raise AutotuneError(
+                f"{self.base_fn.__name__}: a launch during CUDA graph capture would tune (key {key}); run the "
+                "captured work once outside capture first, so that every kernel is tuned and compiled"
+            )
         candidates = self.prune(self.configs, named) if self.prune else list(self.configs)
         if not candidates:
             raise AutotuneError(f"{self.base_fn.__name__}: no config fits the launch (key {key})")
@@ -136,20 +172,22 @@ class CheckedAutotuner(triton.runtime.Autotuner):
         if cached is not None and check.passes(cached):
             self.cache[key] = cached
             return cached
-        if tune_mode() == "first":
-            candidates = candidates[:1]
-        if len(candidates) > 1:
+        first = tune_mode() == "first"
+        if len(candidates) > 1 and not first:
             self.compile_candidates(candidates, args, kwargs)
         timings = {}
         for config in candidates:
             if not check.passes(config):
                 timings[config] = [float("inf")] * 3
+            elif first:  # the first that passes, untimed
+                timings[config] = [0.0] * 3
+                break
             else:  # a single candidate needs no timing
                 timings[config] = self.time(config, args, kwargs) if len(candidates) > 1 else [0.0] * 3
-        passed = [config for config in candidates if timings[config][0] != float("inf")]
+        passed = [config for config in timings if timings[config][0] != float("inf")]
         if not passed:
             raise AutotuneError(
-                f"{self.base_fn.__name__}: none of its {len(candidates)} candidate config(s) computed the right answer "
+                f"{self.base_fn.__name__}: none of its {len(timings)} candidate config(s) computed the right answer "
                 f"at key {key} ({'; '.join(check.failures)}); refusing to run a wrong kernel"
             )
         best = min(passed, key=lambda config: timings[config])
@@ -157,6 +195,8 @@ class CheckedAutotuner(triton.runtime.Autotuner):
         self.cache[key] = best
         self.write_disk_cache(key, candidates, best, named)
         return best
+
+
 
     def time(self, config: triton.Config, args: tuple, kwargs: dict) -> list[float]:
         """Median, 20th and 80th percentile milliseconds; infinite for a config that does not fit the GPU."""
@@ -255,6 +295,8 @@ class Check:
             output.fill_(float("nan") if output.is_floating_point() else torch.iinfo(output.dtype).max)
         try:
             self.tuner.fn.run(*self.args, **self.kwargs, **config.all_kwargs())
+        except DEVICE_FAULTS:  # the GPU itself failed: not a verdict on this config
+            raise
         except Exception as error:  # does not compile or fit: never chosen
             self.failures.append(f"({config}) failed: {type(error).__name__}: {str(error)[:200]}")
             return False
@@ -262,7 +304,9 @@ class Check:
             self.expectation = FirstCandidate(self.outputs)
         try:
             problem = self.expectation.judge()
-        except (RuntimeError, IndexError) as error:  # e.g. a saved position pointing outside its window
+        except DEVICE_FAULTS:
+            raise
+        except (RuntimeError, IndexError, ValueError) as error:  # e.g. a saved position outside its window
             problem = f"its outputs could not be read back: {error}"
         if problem is None:
             return True

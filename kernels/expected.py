@@ -6,13 +6,20 @@ on the same device, at the tuning inputs, with an elementwise allowance for the 
     |got - value| <= 2 u_out |value| + accumulation x magnitude
 
 u_out is the output dtype's unit roundoff (the kernel's single store, and a little slack); magnitude is the same
-op on absolute values (what a sum of products can lose to cancellation); accumulation is TF32's input rounding
-(2^-10 per product) where TF32 is on, plus fp32 (fp64) summation error grown as 16 sqrt(K) unit roundoffs for K
-terms (the typical growth of a blocked sum; the worst case, K u, would allow more than the values themselves at
-the weight gradient's K of 387k). A wrong tile, a wrong edge or an unwritten element (outputs are NaN before a
-candidate runs) is off by about a value's own size and fails. Max-pool values must match exactly.
+op on absolute values (what a sum of products can lose to cancellation); accumulation is TF32's input truncation
+where TF32 is on (Triton's TF32 drops the low 13 bits of each operand, so a product may lose 2^-9 of itself), plus
+fp32 (fp64) summation error grown as 16 sqrt(K) unit roundoffs for K terms (the typical growth of a blocked sum;
+the worst case, K u, would allow more than the values themselves at the weight gradient's K of 387k). A wrong
+tile, a wrong edge or an unwritten element (outputs are NaN before a candidate runs) is off by about a value's own
+size and fails. Max-pool values must match exactly, and saved positions must point inside their window.
 
-Computed once per tuning, never in a training step that does not tune.
+Long reductions get a second, relative-norm test (||got - value|| / ||value|| under 4 u_out + 4 sqrt(K) u_acc,
+plus 2^-8 for TF32): a dropped loop trip or split of a 387k-term sum moves every element a little, which the
+elementwise allowance of a sum that long cannot see.
+
+References are computed a slice of the batch at a time (REFERENCE_ELEMENTS per float64 tensor), so tuning at a
+large batch does not hold float64 copies of whole activations. Computed once per tuning, never in a training step
+that does not tune.
 """
 
 import math
@@ -20,6 +27,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch.nn import grad as nn_grad
+
+# Elements of one float64 tensor in a reference (128 MiB); a reference holds up to about sixteen at once.
+REFERENCE_ELEMENTS = 2**24
 
 
 def rounding_unit(dtype: torch.dtype) -> float:
@@ -45,33 +55,104 @@ def compare(got: torch.Tensor, value: torch.Tensor, allowance, what: str) -> str
     )
 
 
-class Within:
-    """The outputs results() reads after a candidate ran, each within its allowance of a value."""
+class Norm:
+    """||got - value|| / ||value|| summed over the slices of a batch (elements that agree exactly, NaN with NaN
+    included, add nothing)."""
 
-    def __init__(self, results, expected: list[tuple[str, torch.Tensor, torch.Tensor]]):
-        self.results = results  # () -> [tensors], in the order of expected
-        self.expected = expected  # [(name, value in float64, allowance)]
+    def __init__(self):
+        self.error = self.scale = 0.0
+
+    def add(self, got: torch.Tensor, value: torch.Tensor) -> None:
+        got = got.double()
+        same = (got == value) | (got.isnan() & value.isnan())
+        self.error += torch.where(same, 0.0, got - value).square().sum().item()
+        self.scale += torch.where(value.isfinite(), value, 0.0).square().sum().item()
+
+    def problem(self, tolerance: float | None, what: str) -> str | None:
+        if tolerance is None:
+            return None
+        relative = math.sqrt(self.error) / max(math.sqrt(self.scale), torch.finfo(torch.float64).tiny)
+        if relative <= tolerance:
+            return None
+        return f"{what}: relative error {relative:.3g} over the whole output, past the {tolerance:.3g} rounding allows"
+
+
+class Whole:
+    """One output, compared whole: value and allowance computed up front (small: a weight or bias gradient)."""
+
+    def __init__(self, name: str, value, allowance, norm_tolerance: float | None = None):
+        self.name, self.value, self.allowance, self.norm_tolerance = name, value, allowance, norm_tolerance
+
+    def judge(self, got: torch.Tensor) -> str | None:
+        problem = compare(got, self.value, self.allowance, self.name)
+        if problem is None and self.norm_tolerance is not None:
+            norm = Norm()
+            norm.add(got, self.value)
+            problem = norm.problem(self.norm_tolerance, self.name)
+        return problem
+
+
+class PerImage:
+    """One output whose images (first dimension) are independent: reference(rows, got[rows]) -> (what to compare,
+    value, allowance) for a slice of rows at a time."""
+
+    def __init__(self, name: str, reference, rows: int, per_row: int, norm_tolerance: float | None = None):
+        self.name, self.reference, self.rows, self.norm_tolerance = name, reference, rows, norm_tolerance
+        self.step = max(1, REFERENCE_ELEMENTS // max(per_row, 1))
+
+    def judge(self, got: torch.Tensor) -> str | None:
+        norm = Norm()
+        for start in range(0, self.rows, self.step):
+            rows = slice(start, min(start + self.step, self.rows))
+            compared, value, allowance = self.reference(rows, got[rows])
+            problem = compare(compared, value, allowance, self.name)
+            if problem:
+                return problem.replace(" at (", f" at (image {start} +", 1) if start else problem
+            norm.add(compared, value)
+        return norm.problem(self.norm_tolerance, self.name)
+
+
+class Within:
+    """The outputs results() reads after a candidate ran, each judged by its check (Whole or PerImage)."""
+
+    def __init__(self, results, checks: list):
+        self.results = results  # () -> [tensors], in the order of checks
+        self.checks = checks
 
     def judge(self) -> str | None:
-        for got, (name, value, allowance) in zip(self.results(), self.expected, strict=True):
-            problem = compare(got, value, allowance, name)
+        for got, check in zip(self.results(), self.checks, strict=True):
+            problem = check.judge(got)
             if problem:
                 return problem
         return None
 
 
+def _acc_unit(dtype):
+    return rounding_unit(torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+# Triton's TF32 truncates each operand to 10 mantissa bits: a product may lose up to 2^-9 of itself.
+TF32_PRODUCT = 2.0**-9
+
+
 def _accumulation(terms: int, dtype: torch.dtype, tf32: bool) -> float:
-    accumulator = torch.float64 if dtype == torch.float64 else torch.float32
-    summation = min(terms, 16 * math.sqrt(terms)) * rounding_unit(accumulator)
-    return summation + (2.0**-10 if tf32 else 0.0)
+    return min(terms, 16 * math.sqrt(terms)) * _acc_unit(dtype) + (TF32_PRODUCT if tf32 else 0.0)
 
 
 def _allowance(value, magnitude, out_dtype, terms, in_dtype, tf32):
     return 2 * rounding_unit(out_dtype) * value.abs() + _accumulation(terms, in_dtype, tf32) * magnitude
 
 
+def _norm_tolerance(out_dtype, terms, in_dtype, tf32) -> float:
+    return 4 * rounding_unit(out_dtype) + 4 * math.sqrt(terms) * _acc_unit(in_dtype) + (2.0**-8 if tf32 else 0.0)
+
+
 def _f64(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().double()
+
+
+def _per_image(t: torch.Tensor) -> int:
+    return t[0].numel() if t.shape[0] else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,46 +162,75 @@ def _f64(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def conv(x, weight, bias, stride, padding, groups, *, relu: bool, tf32: bool, out_dtype, results) -> Within:
     """relu(conv2d(x, weight) + bias), relu and bias optional, as written by the forward kernel."""
-    x64, w64, b64 = _f64(x), _f64(weight), _f64(bias)
-    value = F.conv2d(x64, w64, b64, stride, padding, groups=groups)
-    magnitude = F.conv2d(x64.abs(), w64.abs(), None if b64 is None else b64.abs(), stride, padding, groups=groups)
-    if relu:
-        value = value.clamp_min(0)
+    w64, b64 = _f64(weight), _f64(bias)
     terms = weight.shape[1] * weight.shape[2] * weight.shape[3]
-    allowance = _allowance(value, magnitude, out_dtype, terms, x.dtype, tf32)
-    return Within(results, [("output", value, allowance)])
+
+    def reference(rows, got):
+        x64 = _f64(x[rows])
+        value = F.conv2d(x64, w64, b64, stride, padding, groups=groups)
+        magnitude = F.conv2d(x64.abs(), w64.abs(), None if b64 is None else b64.abs(), stride, padding, groups=groups)
+        if relu:
+            value = value.clamp_min(0)
+        return got, value, _allowance(value, magnitude, out_dtype, terms, x.dtype, tf32)
+
+    per_row = _per_image(x) + weight.shape[0] * (x.shape[2] + 2 * padding[0]) * (x.shape[3] + 2 * padding[1])
+    tolerance = _norm_tolerance(out_dtype, terms, x.dtype, tf32)
+    return Within(results, [PerImage("output", reference, x.shape[0], per_row, tolerance)])
 
 
 def conv_weight_grad(x, masked, weight_shape, stride, padding, groups, *, tf32: bool, results) -> Within:
-    """The weight gradient, [C_out, C_in_g, KH, KW], of a convolution of x that produced the masked gradient."""
-    x64, g64 = _f64(x), _f64(masked)
-    value = nn_grad.conv2d_weight(x64, weight_shape, g64, stride, padding, groups=groups)
-    magnitude = nn_grad.conv2d_weight(x64.abs(), weight_shape, g64.abs(), stride, padding, groups=groups)
+    """The weight gradient, [C_out, C_in_g, KH, KW], of a convolution of x that produced the masked gradient: summed
+    over slices of the batch in float64."""
+    value = magnitude = 0.0
+    step = max(1, REFERENCE_ELEMENTS // max(_per_image(x) + _per_image(masked), 1))
+    for start in range(0, x.shape[0], step):
+        x64, g64 = _f64(x[start : start + step]), _f64(masked[start : start + step])
+        value = value + nn_grad.conv2d_weight(x64, weight_shape, g64, stride, padding, groups=groups)
+        magnitude = magnitude + nn_grad.conv2d_weight(
+            x64.abs(), weight_shape, g64.abs(), stride, padding, groups=groups
+        )
     terms = masked.shape[0] * masked.shape[2] * masked.shape[3]
     allowance = _allowance(value, magnitude, torch.float32, terms, x.dtype, tf32)
-    return Within(results, [("weight gradient", value, allowance)])
+    tolerance = _norm_tolerance(torch.float32, terms, x.dtype, tf32)
+    return Within(results, [Whole("weight gradient", value, allowance, tolerance)])
 
 
 def conv_input_grad(masked, weight, input_shape, stride, padding, groups, *, tf32: bool, out_dtype, results):
-    g64, w64 = _f64(masked), _f64(weight)
-    value = nn_grad.conv2d_input(input_shape, w64, g64, stride, padding, groups=groups)
-    magnitude = nn_grad.conv2d_input(input_shape, w64.abs(), g64.abs(), stride, padding, groups=groups)
+    w64 = _f64(weight)
     terms = weight.shape[0] // groups * weight.shape[2] * weight.shape[3]
-    allowance = _allowance(value, magnitude, out_dtype, terms, masked.dtype, tf32)
-    return Within(results, [("input gradient", value, allowance)])
+
+    def reference(rows, got):
+        g64 = _f64(masked[rows])
+        shape = [g64.shape[0], *input_shape[1:]]
+        value = nn_grad.conv2d_input(shape, w64, g64, stride, padding, groups=groups)
+        magnitude = nn_grad.conv2d_input(shape, w64.abs(), g64.abs(), stride, padding, groups=groups)
+        return got, value, _allowance(value, magnitude, out_dtype, terms, masked.dtype, tf32)
+
+    per_row = _per_image(masked) + math.prod(input_shape[1:])
+    tolerance = _norm_tolerance(out_dtype, terms, masked.dtype, tf32)
+    return Within(results, [PerImage("input gradient", reference, input_shape[0], per_row, tolerance)])
 
 
 def relu_grad(grad_out, out, with_bias: bool, *, results) -> Within:
     """ReLU's mask (exact) and, with_bias, the bias gradient (a sum over pixels)."""
-    g64 = _f64(grad_out)
-    masked = torch.where(out > 0, g64, 0.0)
-    expected = [("masked gradient", masked, torch.zeros(()))]
+
+    def masked(rows, got):
+        return got, torch.where(out[rows] > 0, _f64(grad_out[rows]), 0.0), torch.zeros((), device=out.device)
+
+    checks = [PerImage("masked gradient", masked, out.shape[0], 2 * _per_image(out))]
     if with_bias:
-        db = masked.sum((0, 2, 3))
-        magnitude = masked.abs().sum((0, 2, 3))
+        db = magnitude = 0.0
+        step = max(1, REFERENCE_ELEMENTS // max(_per_image(out), 1))
+        for start in range(0, out.shape[0], step):
+            rows = slice(start, start + step)
+            kept = torch.where(out[rows] > 0, _f64(grad_out[rows]), 0.0)
+            db, magnitude = db + kept.sum((0, 2, 3)), magnitude + kept.abs().sum((0, 2, 3))
         terms = out.shape[0] * out.shape[2] * out.shape[3]
-        expected.append(("bias gradient", db, _allowance(db, magnitude, grad_out.dtype, terms, grad_out.dtype, False)))
-    return Within(results, expected)
+        allowance = _allowance(db, magnitude, grad_out.dtype, terms, grad_out.dtype, False)
+        checks.append(
+            Whole("bias gradient", db, allowance, _norm_tolerance(grad_out.dtype, terms, grad_out.dtype, False))
+        )
+    return Within(results, checks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,30 +264,36 @@ def _lrn_grad_and_magnitude(x64, g64, size, alpha, beta, k):
 
 
 def lrn(x, size, alpha, beta, k, *, results) -> Within:
-    value = F.local_response_norm(_f64(x), size, alpha, beta, k)
-    allowance = (2 * rounding_unit(x.dtype) + _LRN_OPERATIONS * _acc_unit(x.dtype)) * value.abs()
-    return Within(results, [("output", value, allowance)])
+    def reference(rows, got):
+        value = F.local_response_norm(_f64(x[rows]), size, alpha, beta, k)
+        return got, value, (2 * rounding_unit(x.dtype) + _LRN_OPERATIONS * _acc_unit(x.dtype)) * value.abs()
+
+    return Within(results, [PerImage("output", reference, x.shape[0], 4 * _per_image(x))])
 
 
 def lrn_grad(x, grad_out, size, alpha, beta, k, *, results) -> Within:
-    value, magnitude = _lrn_grad_and_magnitude(_f64(x), _f64(grad_out), size, alpha, beta, k)
-    allowance = 2 * rounding_unit(x.dtype) * value.abs() + _LRN_OPERATIONS * _acc_unit(x.dtype) * magnitude
-    return Within(results, [("input gradient", value, allowance)])
+    def reference(rows, got):
+        value, magnitude = _lrn_grad_and_magnitude(_f64(x[rows]), _f64(grad_out[rows]), size, alpha, beta, k)
+        return got, value, 2 * rounding_unit(x.dtype) * value.abs() + _LRN_OPERATIONS * _acc_unit(x.dtype) * magnitude
+
+    return Within(results, [PerImage("input gradient", reference, x.shape[0], 8 * _per_image(x))])
 
 
-def _acc_unit(dtype):
-    return rounding_unit(torch.float64 if dtype == torch.float64 else torch.float32)
-
-
-def window_positions_to_input(pos, input_shape, kernel, stride, padding) -> torch.Tensor:
-    """Each output's chosen element as a flat index into its input plane (h * W + w), from its window position."""
+def chosen_elements(pos, input_shape, kernel, stride, padding) -> torch.Tensor:
+    """Each output's chosen element as a flat index into its input plane (h * W + w), from its window position;
+    ValueError when a position lies outside its window or points outside the image (a wrong kernel's), so that
+    nothing indexes out of bounds on the device."""
     _, _, OH, OW = pos.shape
-    W = input_shape[3]
+    H, W = input_shape[2], input_shape[3]
     pos = pos.long()
+    if bool(((pos < 0) | (pos >= kernel[0] * kernel[1])).any()):
+        raise ValueError("a saved position lies outside its window")
     oh = torch.arange(OH, device=pos.device)[:, None]
     ow = torch.arange(OW, device=pos.device)[None, :]
     ih = oh * stride[0] - padding[0] + pos // kernel[1]
     iw = ow * stride[1] - padding[1] + pos % kernel[1]
+    if bool(((ih < 0) | (ih >= H) | (iw < 0) | (iw >= W)).any()):
+        raise ValueError("a saved position points outside the image")
     return ih * W + iw
 
 
@@ -198,51 +314,78 @@ def scatter_to(flat_index: torch.Tensor, values: torch.Tensor, input_shape) -> t
 
 def max_pool(x, kernel, stride, padding, *, results) -> Within:
     """Pooled values exactly as F.max_pool2d's, and each saved position pointing at an element of that value."""
-    value = F.max_pool2d(_f64(x), kernel, stride, padding)
+    zero = torch.zeros((), device=x.device)
 
-    def read():
-        out, pos = results()
-        index = window_positions_to_input(pos, x.shape, kernel, stride, padding)
-        return [out, gather_at(x, index)]
+    def values(rows, got):
+        return got, F.max_pool2d(_f64(x[rows]), kernel, stride, padding), zero
 
-    zero = torch.zeros(())
-    return Within(read, [("output", value, zero), ("the element each position points at", value, zero)])
+    def positions(rows, got):
+        chosen = gather_at(x[rows], chosen_elements(got, x[rows].shape, kernel, stride, padding))
+        return chosen, F.max_pool2d(_f64(x[rows]), kernel, stride, padding), zero
+
+    n, per_row = x.shape[0], 4 * _per_image(x)
+    checks = [
+        PerImage("output", values, n, per_row),
+        PerImage("the element each position points at", positions, n, per_row),
+    ]
+    return Within(results, checks)
 
 
 def max_pool_grad(grad_out, pos, input_shape, kernel, stride, padding, *, results) -> Within:
-    index = window_positions_to_input(pos, input_shape, kernel, stride, padding)
-    value = scatter_to(index, grad_out, input_shape)
-    magnitude = scatter_to(index, grad_out.abs(), input_shape)
     windows = math.ceil(kernel[0] / stride[0]) * math.ceil(kernel[1] / stride[1])
-    allowance = 2 * rounding_unit(grad_out.dtype) * value.abs() + windows * _acc_unit(grad_out.dtype) * magnitude
-    return Within(results, [("input gradient", value, allowance)])
+
+    def reference(rows, got):
+        shape = [got.shape[0], *input_shape[1:]]
+        index = chosen_elements(pos[rows], shape, kernel, stride, padding)
+        value = scatter_to(index, grad_out[rows], shape)
+        magnitude = scatter_to(index, grad_out[rows].abs(), shape)
+        unit = _acc_unit(grad_out.dtype)
+        return got, value, 2 * rounding_unit(grad_out.dtype) * value.abs() + windows * unit * magnitude
+
+    per_row = 4 * math.prod(input_shape[1:])
+    return Within(results, [PerImage("input gradient", reference, input_shape[0], per_row)])
 
 
 def lrn_max_pool(x, size, alpha, beta, k, kernel, stride, padding, *, results) -> Within:
     """Pooled LRN within LRN's rounding, and each saved position pointing at an LRN value that is the maximum
     within that rounding (near-ties may go either way in fp32)."""
-    normalized = F.local_response_norm(_f64(x), size, alpha, beta, k)
-    value = F.max_pool2d(normalized, kernel, stride, padding)
-    allowance = (2 * rounding_unit(x.dtype) + 2 * _LRN_OPERATIONS * _acc_unit(x.dtype)) * value.abs()
+    unit = 2 * rounding_unit(x.dtype) + 2 * _LRN_OPERATIONS * _acc_unit(x.dtype)
 
-    def read():
-        out, pos = results()
-        index = window_positions_to_input(pos, x.shape, kernel, stride, padding)
-        return [out, gather_at(normalized, index)]
+    def values(rows, got):
+        value = F.max_pool2d(F.local_response_norm(_f64(x[rows]), size, alpha, beta, k), kernel, stride, padding)
+        return got, value, unit * value.abs()
 
-    return Within(read, [("output", value, allowance), ("the element each position points at", value, allowance)])
+    def positions(rows, got):
+        normalized = F.local_response_norm(_f64(x[rows]), size, alpha, beta, k)
+        value = F.max_pool2d(normalized, kernel, stride, padding)
+        chosen = gather_at(normalized, chosen_elements(got, x[rows].shape, kernel, stride, padding))
+        return chosen, value, unit * value.abs()
+
+    n, per_row = x.shape[0], 6 * _per_image(x)
+    checks = [
+        PerImage("output", values, n, per_row),
+        PerImage("the element each position points at", positions, n, per_row),
+    ]
+    return Within(results, checks)
 
 
 def lrn_max_pool_grad(x, grad_out, pos, size, alpha, beta, k, kernel, stride, padding, *, results) -> Within:
     """The pooled gradient sent to the saved positions, then through LRN's backward."""
-    index = window_positions_to_input(pos, x.shape, kernel, stride, padding)
-    routed = scatter_to(index, grad_out, x.shape)
-    value, magnitude = _lrn_grad_and_magnitude(_f64(x), routed, size, alpha, beta, k)
-    _, routed_magnitude = _lrn_grad_and_magnitude(_f64(x).abs(), scatter_to(index, grad_out.abs(), x.shape), size,
-                                                  alpha, beta, k)
-    magnitude = torch.maximum(magnitude, routed_magnitude)
-    allowance = 2 * rounding_unit(x.dtype) * value.abs() + 4 * _LRN_OPERATIONS * _acc_unit(x.dtype) * magnitude
-    return Within(results, [("input gradient", value, allowance)])
+
+    def reference(rows, got):
+        x64 = _f64(x[rows])
+        index = chosen_elements(pos[rows], x64.shape, kernel, stride, padding)
+        value, magnitude = _lrn_grad_and_magnitude(
+            x64, scatter_to(index, grad_out[rows], x64.shape), size, alpha, beta, k
+        )
+        _, routed = _lrn_grad_and_magnitude(
+            x64.abs(), scatter_to(index, grad_out[rows].abs(), x64.shape), size, alpha, beta, k
+        )
+        magnitude = torch.maximum(magnitude, routed)
+        unit = 4 * _LRN_OPERATIONS * _acc_unit(x.dtype)
+        return got, value, 2 * rounding_unit(x.dtype) * value.abs() + unit * magnitude
+
+    return Within(results, [PerImage("input gradient", reference, x.shape[0], 16 * _per_image(x))])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,9 +395,9 @@ def lrn_max_pool_grad(x, grad_out, pos, size, alpha, beta, k, kernel, stride, pa
 
 class DropoutMask:
     """Dropout has no second implementation of Triton's Philox here, so a candidate must (1) keep each element
-    as x * scale or zero it, (2) keep a fraction within six standard deviations of 1 - p, and (3) draw the same
-    mask, bit for bit, as the first candidate (the mask is a function of the seed and each element's index only,
-    whatever the tile)."""
+    as x * scale or zero it, (2) keep a fraction of the nonzero elements within six standard deviations of 1 - p
+    (zeros, e.g. ReLU's, look the same kept or dropped), and (3) draw the same mask, bit for bit, as the first
+    candidate (the mask is a function of the seed and each element's index only, whatever the tile)."""
 
     def __init__(self, x, p: float, scale: float, results):
         self.results = results
@@ -270,29 +413,37 @@ class DropoutMask:
         problem = compare(torch.where(zero, self.kept_value, out64), self.kept_value, self.allowance, "kept values")
         if problem:
             return problem
-        kept = (~zero | (self.kept_value == 0)).double().mean().item()
-        n = out.numel()
-        spread = 6 * math.sqrt(self.p * (1 - self.p) / n) + 1 / n
-        if abs(kept - (1 - self.p)) > spread:
-            return f"kept {kept:.4f} of the elements, p={self.p} expects {1 - self.p:.4f} +- {spread:.4f}"
+        nonzero = self.kept_value != 0
+        n = int(nonzero.sum().item())
+        if n:
+            kept = (~zero & nonzero).sum().item() / n
+            spread = 6 * math.sqrt(self.p * (1 - self.p) / n) + 1 / n
+            if abs(kept - (1 - self.p)) > spread:
+                return f"kept {kept:.4f} of the nonzero elements, p={self.p} expects {1 - self.p:.4f} +- {spread:.4f}"
+        dropped = zero & nonzero
         if self.first_mask is None:
-            self.first_mask = zero
-        elif not torch.equal(zero, self.first_mask):
-            return f"its mask differs from the first candidate's at {(zero != self.first_mask).sum().item()} elements"
+            self.first_mask = dropped
+        elif not torch.equal(dropped, self.first_mask):
+            return (
+                f"its mask differs from the first candidate's at {(dropped != self.first_mask).sum().item()} elements"
+            )
         return None
 
 
 def crop_normalize(images, boxes, shift, mean, scale, size, out_dtype, *, results) -> Within:
     """((pixel + shift) - mean) * scale for each box's crop, flipped where asked, in (M, 3, size, size)."""
-    sample, top, left, flip = (boxes[:, i].long() for i in range(4))
-    y = torch.arange(size, device=images.device)
     x = torch.arange(size, device=images.device)
-    source_x = torch.where(flip[:, None] != 0, size - 1 - x[None, :], x[None, :])  # (M, size)
-    rows = (top[:, None] + y[None, :])[:, :, None]  # (M, size, 1)
-    columns = (left[:, None] + source_x)[:, None, :]  # (M, 1, size)
-    pixels = images[sample[:, None, None], rows, columns].double()  # (M, size, size, 3)
-    shifted = pixels + shift.double()[:, None, None, :]
-    value = ((shifted - mean.double()) * scale.double()).permute(0, 3, 1, 2)
-    magnitude = ((shifted.abs() + mean.double().abs()) * scale.double().abs()).permute(0, 3, 1, 2)
-    allowance = 2 * rounding_unit(out_dtype) * value.abs() + 4 * rounding_unit(torch.float32) * magnitude
-    return Within(results, [("crops", value, allowance)])
+
+    def reference(rows, got):
+        sample, top, left, flip = (boxes[rows, i].long() for i in range(4))
+        source_x = torch.where(flip[:, None] != 0, size - 1 - x[None, :], x[None, :])  # (M, size)
+        ys = (top[:, None] + x[None, :])[:, :, None]  # (M, size, 1)
+        xs = (left[:, None] + source_x)[:, None, :]  # (M, 1, size)
+        pixels = images[sample[:, None, None], ys, xs].double()  # (M, size, size, 3)
+        shifted = pixels + shift[rows].double()[:, None, None, :]
+        value = ((shifted - mean.double()) * scale.double()).permute(0, 3, 1, 2)
+        magnitude = ((shifted.abs() + mean.double().abs()) * scale.double().abs()).permute(0, 3, 1, 2)
+        allowance = 2 * rounding_unit(out_dtype) * value.abs() + 4 * rounding_unit(torch.float32) * magnitude
+        return got, value, allowance
+
+    return Within(results, [PerImage("crops", reference, boxes.shape[0], 8 * 3 * size * size)])

@@ -72,7 +72,8 @@ def tuner(configs, milliseconds=(), key=("numel",)):
 def twice(x, results):
     """The trusted answer for _double_kernel: 2 x, within fp32 rounding."""
     value = 2 * x.double()
-    return expected.Within(results, [("output", value, 2 * expected.rounding_unit(x.dtype) * value.abs())])
+    allowance = 2 * expected.rounding_unit(x.dtype) * value.abs()
+    return expected.Within(results, [expected.Whole("output", value, allowance)])
 
 
 def launch(kernel, x, *, trusted=True):
@@ -166,10 +167,15 @@ def test_first_mode_runs_only_the_first_candidate_untimed_and_still_checks_it(mo
     x = torch.randn(500)
     assert torch.equal(launch(kernel, x), 2 * x)
     assert kernel.best_config.kwargs["BLOCK"] == 32 and kernel.bench.timed == 0
-    wrong = tuner([config(32, wrong=True), config(64)])
+    # A first candidate that fails its check gives way to the next, still untimed.
+    wrong_first = tuner([config(32, wrong=True), config(64), config(128)])
+    with pytest.warns(RuntimeWarning, match="WRONG: True"):
+        assert torch.equal(launch(wrong_first, x), 2 * x)
+    assert wrong_first.best_config.kwargs["BLOCK"] == 64 and wrong_first.bench.timed == 0
+    all_wrong = tuner([config(32, wrong=True), config(64, skip_last=True)])
     with pytest.raises(autotune.AutotuneError), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        launch(wrong, x)
+        launch(all_wrong, x)
     monkeypatch.setenv("ALEXNET_TRITON_TUNE", "fastest")
     with pytest.raises(ValueError, match="ALEXNET_TRITON_TUNE='fastest': expected one of full, first"):
         autotune.tune_mode()
@@ -204,12 +210,15 @@ def test_keys_hold_the_constexprs_a_launch_passes_and_bucketed_sizes():
     assert len(kernel.cache) == 1
     run(1000, True)  # a constexpr-only variant: another compiled kernel, tuned on its own
     run(3000, False)  # another bucket
+    aligned = ("torch.float32", True)  # each pointer's dtype and 16-byte alignment, then numel's specialization
     assert sorted(kernel.cache) == [
-        (1024, False, "torch.float32", "torch.float32"),
-        (1024, True, "torch.float32", "torch.float32"),
-        (4096, False, "torch.float32", "torch.float32"),
+        (1024, False, aligned, aligned, 0),
+        (1024, True, aligned, aligned, 0),
+        (4096, False, aligned, aligned, 0),
     ]
     assert [autotune.bucket(n) for n in (0, 1, 2, 3, 48, 64, 65)] == [0, 1, 2, 4, 64, 64, 128]
+    run(1024, False)  # a multiple of 16: Triton compiles another variant, which is tuned and checked on its own
+    assert (1024, False, aligned, aligned, 16) in kernel.cache
     assert autotune.bucket(True) is True and autotune.bucket(0.5) == 0.5
 
 
@@ -288,6 +297,23 @@ def test_a_config_read_back_from_disk_is_checked_again(monkeypatch, tmp_path):
     monkeypatch.setattr(fresh, "cache_file", lambda candidates, named: path)
     assert torch.equal(launch(fresh, x), 2 * x)
     assert fresh.best_config.kwargs["BLOCK"] == 64 and fresh.bench.timed == 0
+
+
+def test_tuning_inside_cuda_graph_capture_is_refused(monkeypatch):
+    monkeypatch.setattr(autotune, "capturing", lambda named: True)
+    with pytest.raises(autotune.AutotuneError, match="during CUDA graph capture would tune"):
+        launch(tuner([config(32)]), torch.randn(10))
+
+
+def test_a_relative_norm_catches_a_dropped_share_of_a_long_sum_that_elementwise_bounds_allow():
+    # A 2k-term chunk missing from a 387k-term sum: each element moves by a fraction of its allowance, the whole
+    # output by about sqrt(2k / 387k) = 7% of its norm.
+    value = torch.randn(64, 64, dtype=torch.float64)
+    got = value * (1 - 2048 / 387_000) + 0.05 * torch.randn_like(value) * value.abs().mean()
+    allowance = 0.3 * value.abs().mean() * torch.ones_like(value)
+    assert expected.compare(got, value, allowance, "w") is None
+    assert "relative error" in expected.Whole("w", value, allowance, norm_tolerance=1e-3).judge(got)
+    assert expected.Whole("w", value, allowance, norm_tolerance=1e-3).judge(value.float()) is None
 
 
 def test_compare_reports_count_place_and_allowance():

@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.runtime.interpreter as interpreter
 from alexnet_triton.kernels import _common, augment, conv, conv_grad, dropout, lrn, lrn_pool, pool
+from helpers import restore_tf32_settings, tf32_settings
 
 from alexnet_triton import functional as F_at
 from alexnet_triton.model import layer_shapes
@@ -164,3 +165,20 @@ def test_largest_batch_is_beyond_what_the_old_crop_grid_allowed():
     # The crops were on grid axis 1 until they passed 65,535 (ten-crop evaluation from --batch-size 1,639 up).
     assert 10 * 4 * 1639 > 65535 and 10 * 4 * LARGEST_BATCH > 65535
     assert triton.cdiv(3 * 227 * 227, 1024) <= 65535  # what axis 1 holds now: one crop's blocks
+
+
+def test_tf32_follows_pytorchs_newer_precision_api_without_raising():
+    # Setting cudnn.conv.fp32_precision makes reading the old allow_tf32 flag raise in torch 2.9+; an fp32 conv must
+    # still launch, rounding as the newer setting says.
+    saved = tf32_settings()
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        assert not _common.use_tf32(torch.float32)
+        x, w = torch.randn(1, 16, 5, 5), torch.randn(16, 16, 3, 3)
+        out = F_at.conv2d_relu(x, w)
+        reference = torch.relu(torch.nn.functional.conv2d(x.double(), w.double()))
+        assert ((out.double() - reference).norm() / reference.norm()).item() < 1e-5
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        assert _common.use_tf32(torch.float32) and not _common.use_tf32(torch.bfloat16)
+    finally:
+        restore_tf32_settings(saved)

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 import triton
-from alexnet_triton.kernels import augment, autotune, conv, conv_grad, dropout, lrn, lrn_pool, pool
+from alexnet_triton.kernels import augment, autotune, conv, conv_grad, dropout, expected, lrn, lrn_pool, pool
 
 
 def randn(*shape):
@@ -159,6 +159,27 @@ def test_max_pool_positions_are_checked_too(tuned_with_a_spoiled_candidate, monk
     chose_the_right_one(forward, lambda: pool.max_pool_forward(x, (3, 3), (2, 2), (0, 0)))
 
 
+def test_an_unwritten_position_is_refused_without_indexing_out_of_bounds(tuned_with_a_spoiled_candidate, monkeypatch):
+    # Positions start at 255 before a candidate runs: one left unwritten points outside its 3x3 window, and the
+    # check must say so before anything gathers with it (on a GPU an out-of-range gather is a device-side assert).
+    forward = tuned_with_a_spoiled_candidate(pool, "_max_pool_fwd_kernel")
+    spoiler = forward.fn
+    monkeypatch.setattr(spoiler, "output", "pos_ptr")
+    run = spoiler.run
+
+    def leave_one_unwritten(*args, SPOIL=False, **kwargs):
+        result = run(*args, **kwargs)
+        if SPOIL and not kwargs.get("warmup"):
+            named = {**dict(zip(spoiler.arg_names, args, strict=False)), **kwargs}
+            named["pos_ptr"][1, 2, 3, 3] = 255
+        return result
+
+    monkeypatch.setattr(spoiler, "run", leave_one_unwritten)
+    with pytest.warns(RuntimeWarning, match="a saved position lies outside its window"):
+        pool.max_pool_forward(randn(2, 5, 9, 11), (3, 3), (2, 2), (0, 0))
+    assert forward.best_config.kwargs == {"SPOIL": False}
+
+
 def test_lrn_max_pool_forward_and_backward(tuned_with_a_spoiled_candidate):
     forward = tuned_with_a_spoiled_candidate(lrn_pool, "_lrn_max_pool_fwd_kernel")
     backward = tuned_with_a_spoiled_candidate(lrn_pool, "_lrn_max_pool_bwd_kernel", True)
@@ -170,12 +191,21 @@ def test_lrn_max_pool_forward_and_backward(tuned_with_a_spoiled_candidate):
 
 
 @pytest.mark.parametrize("spoiled_first", [False, True])
-def test_dropout(tuned_with_a_spoiled_candidate, spoiled_first):
+def test_dropout_of_relu_outputs(tuned_with_a_spoiled_candidate, spoiled_first):
+    # fc6's and fc7's inputs are ReLU outputs, about half exactly zero: those look the same kept or dropped.
     tuner = tuned_with_a_spoiled_candidate(dropout, "_dropout_kernel", spoiled_first)
-    x = randn(4000)
+    x = torch.relu(randn(4000)) + (torch.arange(4000) == 2666)  # the spoiled element is not zero
     seed = torch.tensor([1234], dtype=torch.int64)
     # A spoiled element is neither zero nor its kept value, so it fails on its own, first or not.
     chose_the_right_one(tuner, lambda: dropout.dropout(x, seed, 0.5, torch.contiguous_format))
+
+
+def test_dropout_of_everything(tuned_with_a_spoiled_candidate):
+    tuner = tuned_with_a_spoiled_candidate(dropout, "_dropout_kernel")
+    x = randn(300)
+    seed = torch.tensor([7], dtype=torch.int64)
+    out = chose_the_right_one(tuner, lambda: dropout.dropout(x, seed, 1.0, torch.contiguous_format))
+    assert torch.equal(out, torch.zeros_like(x))
 
 
 def test_crops(tuned_with_a_spoiled_candidate):
@@ -186,3 +216,26 @@ def test_crops(tuned_with_a_spoiled_candidate):
     chose_the_right_one(
         tuner, lambda: augment.crop_normalize(images, boxes, shift, mean, scale, 7, torch.float32, torch.channels_last)
     )
+
+
+def tf32_truncated(t: torch.Tensor) -> torch.Tensor:
+    """t with the low 13 mantissa bits cleared: what Triton's TF32 tl.dot reads (it truncates, not rounds)."""
+    return (t.float().view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tf32_truncation_of_both_operands_is_within_the_allowance(seed):
+    # The worst a correct TF32 kernel does: products of truncated operands, summed exactly, stored in fp32. Short
+    # sums show truncation's one-sided error most: a 3x3 kernel on one channel (9 terms; about 1,400 of these
+    # 370k outputs pass a 2^-10 per-product allowance), and a 5x5 weight gradient whose corner taps sum few pixels.
+    generator = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(4, 1, 40, 40, generator=generator), torch.randn(64, 1, 3, 3, generator=generator)
+    out = torch.nn.functional.conv2d(tf32_truncated(x).double(), tf32_truncated(w).double()).float()
+    check = expected.conv(
+        x, w, None, (1, 1), (0, 0), 1, relu=False, tf32=True, out_dtype=torch.float32, results=lambda: [out]
+    )
+    assert check.judge() is None
+    x, g = torch.relu(torch.randn(4, 16, 7, 7, generator=generator)), torch.randn(4, 8, 7, 7, generator=generator)
+    dw = torch.nn.grad.conv2d_weight(tf32_truncated(x).double(), (8, 16, 5, 5), tf32_truncated(g).double(), 1, 2)
+    check = expected.conv_weight_grad(x, g, (8, 16, 5, 5), (1, 1), (2, 2), 1, tf32=True, results=lambda: [dw.float()])
+    assert check.judge() is None
