@@ -56,17 +56,19 @@ def centre_crops(dataset: Dataset, indices: list[int], image_size: int) -> tuple
 
 @torch.no_grad()
 def network_outputs(model: AlexNet, dataset: Dataset, indices: list[int], image_size: int, stats: dict,
-                    what: str, batch: int | None = None) -> torch.Tensor:  # fmt: skip
+                    what: str, batch: int | None = None, channels_last: bool = False) -> torch.Tensor:  # fmt: skip
     """The model's softmax ("probabilities") or fc7 activations ("features") for these images' centre crops,
     on the CPU; `batch` images at a time (default batch_size_for them), so that thousands of 227x227 images
     never sit in memory at once. Every pass is `batch` images: the last is padded up to it, and the
-    padding's outputs are left out."""
+    padding's outputs are left out. channels_last: the images' layout on the device (a run's, so that its kernels
+    see nothing new)."""
     device = model.devices[0]
     batch = batch or batch_size_for(len(indices), image_size)
     outputs = []
     for start in range(0, len(indices), batch):
         crops, _ = centre_crops(dataset, indices[start : start + batch], image_size)
-        images = data.pad_rows(augmentation.normalize(crops, stats), batch).to(device)
+        images = data.pad_rows(augmentation.normalize(crops, stats), batch)
+        images = images.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         result = model(images).float().softmax(-1) if what == "probabilities" else model.features(images).float()
         outputs.append(result[: len(crops)].cpu())
     return torch.cat(outputs)
@@ -81,11 +83,11 @@ def nearest(queries: torch.Tensor, pool: torch.Tensor, k: int) -> tuple[torch.Te
 
 
 def draw(model: AlexNet, train_set: Dataset, val_set: Dataset, stats: dict, image_size: int, classes: list[str],
-         folder: str, batch_size: int | None = None) -> dict:  # fmt: skip
+         folder: str, batch_size: int | None = None, channels_last: bool = False) -> dict:  # fmt: skip
     """Write predictions.png and neighbours.png into folder; returns what they show (dataset indices,
     probabilities, neighbours and their distances). Every forward pass is batch_size images (a run's
     evaluation batch, so the figure adds no size the kernels have not seen; default batch_size_for the
-    images searched)."""
+    images searched). channels_last: the images' layout, as the run's."""
     was_training = model.training
     model.eval()  # no dropout: the trained network's own predictions and features
     try:
@@ -94,13 +96,13 @@ def draw(model: AlexNet, train_set: Dataset, val_set: Dataset, stats: dict, imag
         pool = spread_indices(NEIGHBOUR_POOL, len(train_set))
         batch = batch_size or batch_size_for(len(queries) + len(pool), image_size)
         crops, labels = centre_crops(val_set, shown, image_size)
-        probabilities = network_outputs(model, val_set, shown, image_size, stats, "probabilities", batch)
+        probabilities = network_outputs(model, val_set, shown, image_size, stats, "probabilities", batch, channels_last)
         plots.top5_predictions(crops, probabilities, labels, classes, os.path.join(folder, "predictions.png"))
 
         # The queries' and the pool's features in one series of passes: the queries' few images share them.
         searched = queries + [len(val_set) + i for i in pool]
         features = network_outputs(model, ConcatDataset([val_set, train_set]), searched, image_size, stats,
-                                   "features", batch)  # fmt: skip
+                                   "features", batch, channels_last)  # fmt: skip
         distances, found = nearest(features[: len(queries)], features[len(queries) :], NEIGHBOURS)
         neighbours = [[pool[j] for j in row] for row in found.tolist()]
         query_crops, query_labels = centre_crops(val_set, queries, image_size)

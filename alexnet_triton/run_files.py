@@ -54,11 +54,12 @@ class RunFiles:
         plots.conv1_filters(model, self.path("conv1_filters.png"))
 
     def figure4(self, model: torch.nn.Module, train_set, val_set, stats: dict, image_size: int, classes: list[str],
-                batch_size: int | None = None):  # fmt: skip
+                batch_size: int | None = None, channels_last: bool = False):  # fmt: skip
         """predictions.png and neighbours.png (figures.py) of the network as it ends the run, in passes of
-        batch_size images (the run's evaluation batch: no batch size the kernels have not seen)."""
+        batch_size images in the run's layout (with the run's autocast around it: nothing the kernels have not
+        seen, so nothing to compile or tune)."""
         if self.active:
-            figures.draw(model, train_set, val_set, stats, image_size, classes, self.folder, batch_size)
+            figures.draw(model, train_set, val_set, stats, image_size, classes, self.folder, batch_size, channels_last)
 
     def close(self) -> None:
         if self._steps_file is not None:

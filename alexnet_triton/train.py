@@ -206,8 +206,11 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
             files.log_epoch(row, state.history, state.model)
             if stop.requested or (args.max_steps is not None and position.global_step >= args.max_steps):
                 return stopped(position, folder, runtime)
-        # The paper's figure 4, at the evaluation batch size.
-        files.figure4(state.model, train_set, val_set, state.stats, args.image_size, classes, eval_batch)
+        # The paper's figure 4, as evaluation runs the network: its batch size, layout and autocast.
+        with autocast(args.amp, runtime.device):
+            files.figure4(
+                state.model, train_set, val_set, state.stats, args.image_size, classes, eval_batch, args.channels_last
+            )
     if runtime.world_size > 1:
         check_ranks_agree(state.model, runtime)
     best = state.best_top1_error

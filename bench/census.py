@@ -3,7 +3,8 @@ offline, and its SASS read.
 
     python -m bench.census                                  # every kernel, config and dtype (minutes)
     python -m bench.census --kernel conv --out census.md    # the kernels whose name contains "conv"
-    python -m bench.census --first-step                     # the compiles AlexNet's first bf16 training step needs
+    python -m bench.census --first-step                     # the compiles the conv layers' first training step needs
+    python -m bench.census --first-epoch                    # the compiles and tunings of each part of a run (seconds)
 
 Per compiled variant: registers per thread, spill bytes (stores/loads), shared memory, compile seconds, and the hot
 loop, the innermost loop that holds the most tensor-core instructions (without any, the longest innermost loop):
@@ -19,6 +20,7 @@ nothing runs on a GPU.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import platform
@@ -87,51 +89,191 @@ def take_census(specs, folder: Path, *, all_configs: bool = True) -> list[Row]:
     return [census_row(name, result) for name, outcomes in results.items() for result in outcomes]
 
 
-def first_step_compiles(*, batch: int = 128, dtype: str = "bf16", sms: int = 132) -> dict[str, int]:
-    """Kernel -> how many distinct compiles AlexNet's first training step launches (per tower, channels_last, the
-    input image needing no gradient): the conv launchers run on meta tensors of the towers' shapes with the kernels'
-    launches recorded instead of run, each counted once per Triton specialization (an integer argument equal to 1
-    becomes a constant, a multiple of 16 gets a hint, unless the kernel's do_not_specialize names it) and per config
-    the autotuner keeps after pruning. sms: the GPU's SM count, which decides the reduction splits. Needs the
-    compiled kernels (no TRITON_INTERPRET)."""
-    import torch
-    from alexnet_triton.kernels import _common, conv, conv_grad, conv_tuning
+# ---------------------------------------------------------------------------------------------
+# The compiles and tunings of a run, counted without a GPU
+# ---------------------------------------------------------------------------------------------
 
-    from alexnet_triton.model import layer_shapes
-    from bench.kernel_specs import unspecialized
+
+def _jit_function(kernel):
+    """The @triton.jit function under a kernel's autotuner."""
+    fn = kernel
+    while not isinstance(fn, triton.runtime.JITFunction):
+        fn = fn.fn
+    return fn
+
+
+def _specializer():
+    """(argument, its KernelParam) -> what Triton compiles the argument as: Triton's own rule where this release has it
+    (an integer equal to 1 becomes a constant, others are i32 or i64, with a hint when a multiple of 16; a tensor by
+    dtype and 16-byte alignment; nothing of either for a do_not_specialize parameter), else that rule written out."""
+    try:
+        from triton._C.libtriton import native_specialize_impl
+    except ImportError:
+        native_specialize_impl = None
+    if native_specialize_impl is not None:
+        try:
+            from triton.backends.nvidia.compiler import CUDABackend as backend
+        except ImportError:
+            from triton.backends.compiler import BaseBackend as backend
+
+        def native(arg, param):
+            specialize, align = not param.do_not_specialize, not param.do_not_specialize_on_alignment
+            return native_specialize_impl(backend, arg, param.is_const, specialize, align)
+
+        return native
+
+    import torch
+
+    def written_out(arg, param):
+        if isinstance(arg, torch.Tensor):
+            aligned = arg.storage_offset() * arg.element_size() % 16 == 0
+            return (str(arg.dtype), "D" if aligned and not param.do_not_specialize_on_alignment else "")
+        if arg is None:
+            return ("constexpr", None)
+        if isinstance(arg, bool) or not isinstance(arg, int):
+            return ("u1" if isinstance(arg, bool) else "fp32", None)
+        width = "i32" if -(2**31) <= arg < 2**31 else "i64"
+        if param.do_not_specialize:
+            return (width, None)
+        return ("constexpr", 1) if arg == 1 else (width, "D" if arg % 16 == 0 else "")
+
+    return written_out
+
+
+class LaunchRecord:
+    """Kernel launches recorded instead of run (it stands in for _common.launcher), and what each would compile and
+    tune in a process that has seen the launches recorded before it.
+
+    A launch at a tuning key the process has not seen yet tunes: the autotuner compiles every config its prune keeps,
+    each once per Triton specialization of the arguments (see _specializer; the constexprs a launch passes are part of
+    it). A launch at a key already tuned runs the config tuned for it, which only a GPU's timing names: it compiles
+    one config when its specialization was compiled for none of the key's candidates yet, nothing otherwise. The key
+    is the autotuner's own (autotune.CheckedAutotuner.key_of: sizes bucketed to powers of two, constexprs, dtypes).
+
+    `added` counts, per kernel, the new compiles and new keys since it was last taken (take)."""
+
+    def __init__(self):
+        self.specialize = _specializer()
+        self.compiles: set = set()  # (kernel, specialization, config)
+        self.tuned: dict = {}  # (kernel, key) -> the configs tuned over
+        self.added: dict[str, list[int]] = {}  # kernel -> [new compiles, new keys]
+        self.autocast = None  # the dtype autocast casts a conv's floating inputs to; None: no autocast
+
+    def launcher(self, kernel, expect=None):
+        """Stands in for _common.launcher(kernel, expect)[grid](...): the expectation and the grid only matter to a
+        launch that runs."""
+        record = self
+
+        class Launch:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: record.launch(kernel, args, kwargs)
+
+        return Launch()
+
+    def launch(self, kernel, args: tuple, kwargs: dict) -> None:
+        name = kernel.base_fn.__name__
+        named = {**dict(zip(kernel.arg_names, args, strict=False)), **kwargs}
+        fn = _jit_function(kernel)
+        specialization = tuple(
+            ("constexpr", named[p.name]) if p.is_constexpr else self.specialize(named[p.name], p)
+            for p in fn.params
+            if p.name in named
+        )
+        if hasattr(kernel, "key_of"):
+            key = (name, kernel.key_of(named))
+        else:  # Triton's own autotuner
+            key = (name, tuple(named.get(k) for k in kernel.keys))
+        added = self.added.setdefault(name, [0, 0])
+        if key not in self.tuned:
+            self.tuned[key] = [str(config) for config in _candidates(kernel, args, kwargs)]
+            added[1] += 1
+            wanted = {(name, specialization, config) for config in self.tuned[key]}
+        elif any((name, specialization, config) in self.compiles for config in self.tuned[key]):
+            wanted = set()
+        else:
+            wanted = {(name, specialization, f"the config tuned at {key[1]}")}
+        added[0] += len(wanted - self.compiles)
+        self.compiles |= wanted
+
+    def take(self) -> dict[str, tuple[int, int]]:
+        """kernel -> (new compiles, new keys) since the last take, for the kernels that launched."""
+        taken = {name: (n[0], n[1]) for name, n in self.added.items()}
+        self.added = {}
+        return taken
+
+    def state(self) -> tuple:
+        return set(self.compiles), {key: list(configs) for key, configs in self.tuned.items()}
+
+    def restore(self, state: tuple) -> None:
+        self.compiles, self.tuned = set(state[0]), {key: list(configs) for key, configs in state[1].items()}
+        self.added = {}
+
+
+def _candidates(kernel, args, kwargs) -> list:
+    """The configs the kernel's autotuner keeps for a launch: its own prune (autotune.CheckedAutotuner), else Triton's
+    early_config_prune."""
+    named = {**dict(zip(kernel.arg_names, args, strict=False)), **kwargs}
+    if getattr(kernel, "prune", None) is not None:
+        return kernel.prune(kernel.configs, named)
+    kernel.nargs = named
+    return kernel.prune_configs(kwargs)
+
+
+@contextlib.contextmanager
+def launches_recorded(record: LaunchRecord, *, sms: int = 132):
+    """Within it, every kernel launch is recorded in `record` instead of run, and the ops take meta tensors (no
+    memory, no GPU) to their kernels' launchers as they take CUDA tensors: functional.backend says "triton" for them,
+    a conv casts its floating inputs to record.autocast as autocast_inputs does under autocast (PyTorch has no
+    autocast for meta tensors), and the launchers split reductions for a GPU of `sms` SMs. Needs the compiled
+    kernels (no TRITON_INTERPRET): their autotuners prune as on a GPU."""
+    import torch
+    from alexnet_triton.kernels import _common, conv_tuning
+
+    from alexnet_triton.functional import dispatch
 
     if _common.INTERPRET:
-        raise RuntimeError("first_step_compiles needs the kernels as compiled (TRITON_INTERPRET unset)")
-    compiles = set()
+        raise RuntimeError("counting compiles needs the kernels as compiled (TRITON_INTERPRET unset)")
 
-    def candidates(kernel, args, kwargs) -> list:
-        """The configs the kernel's autotuner keeps for a launch: its own prune (autotune.CheckedAutotuner), else
-        Triton's early_config_prune."""
-        named = {**dict(zip(kernel.arg_names, args, strict=False)), **kwargs}
-        if getattr(kernel, "prune", None) is not None:
-            return kernel.prune(kernel.configs, named)
-        kernel.nargs = named
-        return kernel.prune_configs(kwargs)
+    def backend(device) -> str:
+        device = device.device if isinstance(device, torch.Tensor) else torch.device(device)
+        return "triton" if device.type == "meta" else dispatch_backend(device)
 
-    def record(kernel, expect=None):  # _common.launcher(kernel, expect): the expectation only matters to tuning
-        unspecialized_args = unspecialized(kernel)  # neither constant nor hint
-        fixed = [name not in unspecialized_args for name in kernel.arg_names]
+    def autocast_inputs(device, *tensors):
+        if device.type != "meta" or record.autocast is None:
+            return dispatch_autocast_inputs(device, *tensors)
+        return tuple(t.to(record.autocast) if t is not None and t.is_floating_point() else t for t in tensors)
 
-        def seen_as(arg, specialized: bool) -> str:  # what Triton specializes an argument on
-            if isinstance(arg, torch.Tensor):
-                return str(arg.dtype)
-            return "" if not specialized else "1" if arg == 1 else "D" if arg % 16 == 0 else ""
-
-        def launch(*args, **kwargs):
-            specialization = tuple(map(seen_as, args, fixed))
-            for config in candidates(kernel, args, kwargs):
-                compiles.add((kernel.base_fn.__name__, specialization, tuple(sorted(kwargs.items())), str(config)))
-
-        return type("Recorder", (), {"__getitem__": lambda self, grid: launch})()
-
-    saved = (_common.launcher, conv_tuning.sm_count)
-    _common.launcher, conv_tuning.sm_count = record, lambda device: sms  # the launchers' splits on that GPU
+    dispatch_backend, dispatch_autocast_inputs = dispatch.backend, dispatch.autocast_inputs
+    patches = [(_common, "launcher", record.launcher), (conv_tuning, "sm_count", lambda device: sms)]
+    for name, module in list(sys.modules.items()):  # each op's module imported them by name
+        if name.split(".")[0] == "alexnet_triton":
+            if getattr(module, "backend", None) is dispatch_backend:
+                patches.append((module, "backend", backend))
+            if getattr(module, "autocast_inputs", None) is dispatch_autocast_inputs:
+                patches.append((module, "autocast_inputs", autocast_inputs))
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     try:
+        for module, name, value in patches:
+            setattr(module, name, value)
+        yield record
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def first_step_compiles(*, batch: int = 128, dtype: str = "bf16", sms: int = 132) -> dict[str, int]:
+    """Kernel -> how many distinct compiles the conv layers of AlexNet's first training step launch (per tower,
+    channels_last, the input image needing no gradient): the conv launchers run on meta tensors of the towers' shapes
+    with the launches recorded instead of run (LaunchRecord: per Triton specialization and per config the autotuner
+    keeps after pruning). sms: the GPU's SM count, which decides the reduction splits. first_epoch runs the whole
+    network, every kernel. Needs the compiled kernels (no TRITON_INTERPRET)."""
+    import torch
+    from alexnet_triton.kernels import conv, conv_grad
+
+    from alexnet_triton.model import layer_shapes
+
+    record = LaunchRecord()
+    with launches_recorded(record, sms=sms):
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
         last = torch.channels_last
         for shape in layer_shapes():
@@ -146,12 +288,236 @@ def first_step_compiles(*, batch: int = 128, dtype: str = "bf16", sms: int = 132
             if shape.layer.reads != "image":  # the image needs no gradient
                 conv_grad.conv_relu_input_grad(masked, w, list(x.shape), last, stride, padding, 1)
             conv_grad.conv_relu_weight_grad(masked, x, list(w.shape), last, stride, padding, 1)
-    finally:
-        _common.launcher, conv_tuning.sm_count = saved
-    counts: dict[str, int] = {}
-    for name, *_ in compiles:
-        counts[name] = counts.get(name, 0) + 1
-    return counts
+    return {name: compiles for name, (compiles, _) in record.take().items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunShape:
+    """What decides the sizes a training run's kernels see: its images, batch and crop, and where crops are made."""
+
+    name: str
+    train_images: int
+    val_images: int
+    batch: int
+    image_size: int
+    crops_on_gpu: bool  # a prepared store on CUDA: augment's crop kernel makes the crops (input_pipeline.GpuPipeline)
+
+    @property
+    def steps(self) -> int:
+        """Training steps per epoch: whole batches, the partial last one dropped."""
+        from alexnet_triton import data
+
+        return data.steps_per_epoch(self.train_images, self.batch)
+
+    @property
+    def dropped(self) -> int:
+        """The images of the partial last training batch, which the loader drops (0: none)."""
+        return self.train_images - self.steps * self.batch
+
+    @property
+    def eval_batch(self) -> int:
+        """The one evaluation batch size (train.py): at most EVALUATION_BATCH_FACTOR training batches, evened out."""
+        from alexnet_triton import data
+        from alexnet_triton.train import EVALUATION_BATCH_FACTOR
+
+        return data.even_batch_size(self.val_images, EVALUATION_BATCH_FACTOR * self.batch)
+
+    @property
+    def eval_batches(self) -> int:
+        return -(-self.val_images // self.eval_batch)
+
+    @property
+    def last_eval(self) -> int:
+        """The real images of the last evaluation batch, padded up to eval_batch."""
+        return self.val_images - (self.eval_batches - 1) * self.eval_batch
+
+
+# ImageNet's 1,281,167 training and 50,000 validation images on one process, from a prepared store (crops made on the
+# GPU); the built-in shapes dataset with the trainer's defaults for it (67x67 crops, batch 64, made in the loader).
+IMAGENET = RunShape("ImageNet, a prepared store (crops on the GPU)", 1_281_167, 50_000, 128, 227, crops_on_gpu=True)
+BUILTIN = RunShape("the built-in shapes dataset (crops in the loader)", 4_000, 1_000, 64, 67, crops_on_gpu=False)
+
+
+@dataclasses.dataclass
+class Phase:
+    """A part of a run and what it adds to what the process has compiled and tuned before it."""
+
+    name: str
+    added: dict[str, tuple[int, int]]  # kernel -> (new compiles, new tuning keys)
+    # "first": the first training step or evaluation batch; "epoch": the rest of the epochs; "end": after the last
+    # epoch; "contrast": what the run avoids, counted against the epochs alone
+    part: str
+
+    @property
+    def compiles(self) -> int:
+        return sum(c for c, _ in self.added.values())
+
+    @property
+    def keys(self) -> int:
+        return sum(k for _, k in self.added.values())
+
+
+def first_epoch(run: RunShape = IMAGENET, *, amp: str = "bf16", sms: int = 132) -> list[Phase]:
+    """The compiles and autotuner keys each part of a run adds, counted without a GPU: the real network (both towers
+    on one device, channels_last, the paper's LRN fused with the overlapping pool at layers 1 and 2, max-pool at 5,
+    dropout at fc6 and fc7; fc8 and the loss are ATen) and the trainer's input pipeline run on meta tensors, every
+    kernel launch recorded (LaunchRecord, launches_recorded) in the order a run makes them:
+
+    - training step 1 at the training batch (crops, forward, loss, backward), then step 2 (every later step has its
+      shape: the loader drops the partial last batch);
+    - evaluation batch 1 at the evaluation batch size (eval mode, no gradients), batch 2, and the last one, whose real
+      images are cropped and then padded up to the evaluation batch (evaluation.evaluate);
+    - epoch 2's first step and evaluation batch (after evaluation the network trains again);
+    - figure 4 after the last epoch (run_files.figure4: predictions and fc7 features at the evaluation batch, as the
+      trainer runs it: under the run's autocast, channels_last);
+    - for contrast, each counted against the first epoch alone: the partial last training batch as a step, had the
+      loader not dropped it, and the last evaluation batch at its real size, had it not been padded.
+
+    amp: "bf16" or "fp16" (autocast), or "none" (fp32, TF32 as torch.backends.cudnn.allow_tf32 says). sms: the GPU's SM
+    count (132: an H100 SXM), which decides the reduction splits. Seconds on a CPU; needs the compiled kernels (no
+    TRITON_INTERPRET)."""
+    import torch
+    import torch.nn.functional as F
+
+    from alexnet_triton import data, input_pipeline
+    from alexnet_triton.model import AlexNet
+
+    meta = torch.device("meta")
+    side = data.resize_size(run.image_size)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+    stats = {"mean": torch.zeros(3), "scale": torch.ones(3)}
+    if run.crops_on_gpu:  # input_pipeline.GpuPipeline without its store: the loader's batches are made here
+        pipeline = object.__new__(input_pipeline.GpuPipeline)
+        pipeline.image_size, pipeline.stats, pipeline.ten_crop = run.image_size, stats, False
+    else:
+        pipeline = input_pipeline.CpuPipeline(None, None, run.image_size, stats, seed=0)
+
+    def loader_batch(count: int, training: bool) -> tuple:
+        """A batch of `count` images as the loader yields it (collated, contiguous)."""
+        labels = torch.zeros(count, dtype=torch.int64, device=meta)
+        if not run.crops_on_gpu:  # augmented crops, normalized, float32
+            return torch.empty(count, 3, run.image_size, run.image_size, device=meta), labels
+        images = torch.empty(count, side, side, 3, dtype=torch.uint8, device=meta)
+        if not training:
+            return images, labels
+        draws = torch.zeros(count, 3, dtype=torch.int32, device=meta)  # top, left, flip
+        return images, draws, torch.zeros(count, 3, device=meta), labels
+
+    with torch.device(meta):
+        model = AlexNet(1000, image_size=run.image_size)
+    model.to(memory_format=torch.channels_last)  # training_state: channels_last on a GPU
+
+    def training_step(count: int) -> None:  # train.train_one_epoch
+        images, labels = pipeline.training_batch(loader_batch(count, True), meta, True)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        record.autocast = autocast
+        logits = model(images)
+        record.autocast = None
+        F.cross_entropy(logits.float(), labels).backward()
+
+    @torch.no_grad()
+    def evaluation_batch(count: int, padded_to: int | None) -> None:  # evaluation.evaluate
+        images, _ = pipeline.evaluation_batch(loader_batch(count, False), meta, True)
+        if padded_to is not None:
+            images = data.pad_rows(images, padded_to)
+        model.eval()
+        record.autocast = autocast
+        model(images).float().softmax(-1)
+        record.autocast = None
+
+    @torch.no_grad()
+    def figure4(count: int) -> None:  # figures.network_outputs, under the run's autocast and in its layout
+        images = data.pad_rows(torch.empty(count, 3, run.image_size, run.image_size, device=meta), count)
+        images = images.contiguous(memory_format=torch.channels_last)
+        model.eval()
+        record.autocast = autocast
+        model(images).float().softmax(-1)
+        model.features(images).float()
+        record.autocast = None
+
+    B, E = run.batch, run.eval_batch
+    phases = []
+    record = LaunchRecord()
+    with launches_recorded(record, sms=sms):
+
+        def phase(name: str, part: str, *steps) -> None:
+            for step in steps:
+                step()
+            phases.append(Phase(name, record.take(), part))
+
+        phase(f"training step 1 ({B} images)", "first", lambda: training_step(B))
+        phase(f"training steps 2-{run.steps:,} ({B} images)", "epoch", lambda: training_step(B))
+        phase(f"evaluation batch 1 ({E} images)", "first", lambda: evaluation_batch(E, E))
+        later = [lambda: evaluation_batch(E, E)] if run.eval_batches > 2 else []
+        if run.eval_batches > 1:  # the last: its real images cropped, then padded up to E
+            later.append(lambda: evaluation_batch(run.last_eval, E))
+        padded = f"; the last {run.last_eval} padded to {E}" if run.last_eval < E else ""
+        phase(f"evaluation batches 2-{run.eval_batches} ({E} images{padded})", "epoch", *later)
+        phase("epochs 2 on (a training step, an evaluation batch)", "epoch", lambda: training_step(B),
+              lambda: evaluation_batch(E, E))  # fmt: skip
+        epoch = record.state()
+        phase(f"figure 4 after the last epoch ({E} images a pass, as evaluation)", "end", lambda: figure4(E))
+        record.restore(epoch)
+        name = "a partial last training batch, were it not dropped"
+        if run.dropped:
+            phase(f"{name} ({run.dropped} images)", "contrast", lambda: training_step(run.dropped))
+        else:
+            phase(f"{name} (none: {B} divides the {run.train_images:,} images)", "contrast")
+        record.restore(epoch)
+        name = "the last evaluation batch, were it not padded"
+        if run.last_eval < E:
+            phase(f"{name} ({run.last_eval} images)", "contrast", lambda: evaluation_batch(run.last_eval, None))
+        else:
+            phase(f"{name} (none: {E} divides the {run.val_images:,} images)", "contrast")
+    return phases
+
+
+def verdict(phases: list[Phase]) -> bool:
+    """Whether the epochs compile and tune only in the first training step and the first evaluation batch."""
+    return all(p.compiles == p.keys == 0 for p in phases if p.part == "epoch")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def first_epoch_report(run: RunShape, phases: list[Phase], *, amp: str = "bf16", sms: int = 132) -> list[str]:
+    """The phase x kernel table of first_epoch, its totals and the verdict, as markdown lines."""
+    lines = [
+        f"{run.name}: {run.train_images:,} training images, batch {run.batch} ({run.steps:,} steps an epoch"
+        f"{f', {run.dropped} images dropped' if run.dropped else ''}), {run.val_images:,} held-out images in "
+        f"{run.eval_batches} evaluation batches of {run.eval_batch}, {run.image_size}x{run.image_size} crops, "
+        f"{'--amp ' + amp if amp != 'none' else '--amp none (fp32)'}, channels_last, kernels and splits as on a GPU of "
+        f"{sms} SMs.",
+        "",
+        "| phase | kernel | new compiles | new tuning keys |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for p in phases:
+        rows = [(kernel, c, k) for kernel, (c, k) in p.added.items() if c or k]
+        for kernel, c, k in rows:
+            lines.append(f"| {p.name} | {kernel} | {c} | {k} |")
+        lines.append(
+            f"| {p.name} | **all** | **{p.compiles}** | **{p.keys}** |" if rows else f"| {p.name} | - | 0 | 0 |"
+        )
+    first = [p for p in phases if p.part == "first"]
+    epochs = [p for p in phases if p.part in ("first", "epoch")]
+    compiles, keys = sum(p.compiles for p in epochs), sum(p.keys for p in epochs)
+    lines += [
+        "",
+        f"The epochs: {compiles} compiles and {keys} tuning keys in all; "
+        + ", ".join(f"{p.compiles} compiles and {p.keys} keys in {p.name.split(' (')[0]}" for p in first)
+        + ".",
+    ]
+    for p in phases:
+        if p.part == "end":
+            lines.append(f"Then {p.name}: {_count(p.compiles, 'compile')} and {_count(p.keys, 'tuning key')} more.")
+        if p.part == "contrast":
+            lines.append(f"Avoided, {p.name}: {_count(p.compiles, 'compile')} and {_count(p.keys, 'tuning key')} more.")
+    answer = "yes" if verdict(phases) else "no"
+    lines += ["", f"compiles only in the first training step and the first evaluation batch: {answer}"]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,12 +690,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the markdown report here (else print it)")
     parser.add_argument("--title", default="Static census of the kernels for sm_90")
     parser.add_argument(
-        "--first-step", action="store_true", help="only count the compiles AlexNet's first bf16 training step needs"
+        "--first-step",
+        action="store_true",
+        help="only count the compiles the conv layers' first bf16 training step needs",
     )
+    parser.add_argument(
+        "--first-epoch",
+        action="store_true",
+        help="only count the compiles and tuning keys each part of a run adds (ImageNet and the built-in dataset)",
+    )
+    parser.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16", help="with --first-epoch")
     args = parser.parse_args(argv)
     if args.first_step:
         counts = first_step_compiles()
         print(f"{sum(counts.values())} compiles: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+        return
+    if args.first_epoch:
+        for run in (IMAGENET, BUILTIN):
+            print("\n".join(first_epoch_report(run, first_epoch(run, amp=args.amp), amp=args.amp)), end="\n\n")
         return
 
     from bench.kernel_specs import SPECS

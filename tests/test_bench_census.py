@@ -1,5 +1,6 @@
-"""bench/census.py: the best config per kernel and dtype, the report, the goals of the conv kernels, and the count
-of compiles AlexNet's first training step launches. The SASS reading it relies on is tested in test_bench_sass.py."""
+"""bench/census.py: the best config per kernel and dtype, the report, the goals of the conv kernels, the count of
+compiles AlexNet's first training step launches, and the compiles and tunings of each part of a run. The SASS reading
+it relies on is tested in test_bench_sass.py."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from helpers import reference_backend_env
 
-from bench.census import Row, best_rows, goals, report
+from bench.census import Phase, Row, best_rows, goals, report, verdict
 from bench.sass import LoopCensus
 
 
@@ -58,6 +59,61 @@ counts = first_step_compiles()
 assert set(counts) == {"_conv_fwd_kernel", "_conv_wgrad_kernel", "_relu_grad_kernel"}, counts  # no gather: conv1's
 # input needs no gradient
 assert all(n > 0 for n in counts.values()) and sum(counts.values()) < 100, counts
+"""
+    repository = Path(__file__).resolve().parents[1]
+    env = reference_backend_env(PYTHONPATH=str(repository))
+    subprocess.run([sys.executable, "-c", script], env=env, cwd=repository, check=True, timeout=300)
+
+
+def test_the_verdict_fails_when_a_later_part_of_an_epoch_compiles_or_tunes():
+    first = [Phase("training step 1", {"k": (5, 2)}, "first"), Phase("evaluation batch 1", {"k": (1, 1)}, "first")]
+    quiet = [Phase("training steps 2-9", {}, "epoch"), Phase("figure 4", {"k": (3, 1)}, "end")]
+    assert verdict(first + quiet)  # the first step and batch may compile; after the epochs is reported apart
+    assert not verdict([*first, Phase("evaluation batches 2-3", {"k": (0, 1)}, "epoch")])  # a retune alone
+    assert not verdict([*first, Phase("training steps 2-9", {"k": (1, 0)}, "epoch")])  # a compile alone
+
+
+def test_first_epoch_compiles_and_tunes_only_in_the_first_step_and_the_first_evaluation_batch():
+    # In a fresh process without the interpreter: the real network and input pipeline on meta tensors, the compiled
+    # kernels' autotuners pruning and keying as on a GPU. The totals are exact so that a change to a kernel's key,
+    # specialization or configs, or to the sizes a run shows them, shows here (bench/results/census-sm90.md).
+    script = """
+from bench.census import BUILTIN, IMAGENET, first_epoch, first_epoch_report, verdict
+
+def counts(phase):
+    return phase.compiles, phase.keys
+
+for run, first_step, first_batch, figure, dropped, unpadded in (
+    (IMAGENET, (53, 30), (8, 10), (0, 0), (7, 25), (0, 1)),
+    (BUILTIN, (50, 29), (7, 10), (0, 0), (0, 24), (0, 0)),
+):
+    phases = first_epoch(run)
+    parts = [phase.part for phase in phases]
+    assert parts == ["first", "epoch", "first", "epoch", "epoch", "end", "contrast", "contrast"], parts
+    step, steps, batch, batches, epochs, figure4, partial_step, partial_batch = phases
+    assert verdict(phases), [(p.name, p.added) for p in phases]
+    for later in (steps, batches, epochs):  # later steps, later evaluation batches, later epochs: nothing new
+        assert counts(later) == (0, 0), (later.name, later.added)
+    assert (counts(step), counts(batch)) == (first_step, first_batch), (run.name, counts(step), counts(batch))
+    assert counts(figure4) == figure, (run.name, figure4.added)  # under the run's autocast and layout
+    # What dropping and padding avoid: a partial batch would retune (new keys) and compile again.
+    assert counts(partial_step) == dropped, (run.name, partial_step.added)
+    assert counts(partial_batch) == unpadded, (run.name, partial_batch.added)
+    assert set(step.added) >= {"_conv_fwd_kernel", "_conv_wgrad_kernel", "_relu_grad_kernel", "_dropout_kernel",
+                               "_lrn_max_pool_fwd_kernel", "_lrn_max_pool_bwd_kernel", "_max_pool_fwd_kernel",
+                               "_max_pool_bwd_kernel"}, step.added
+    assert "_conv_dgrad_gather_kernel" not in step.added  # conv1's input needs no gradient
+    assert "_lrn_fwd_kernel" not in step.added  # LRN is fused with the pool at layers 1 and 2
+    assert ("_crop_normalize_kernel" in step.added) == run.crops_on_gpu, step.added
+    assert batch.added.get("_crop_normalize_kernel", (0, 0)) == (0, 0)  # the centre crop: the training crop's kernel
+    assert set(batch.added) <= {"_crop_normalize_kernel", "_conv_fwd_kernel", "_lrn_max_pool_fwd_kernel",
+                                "_max_pool_fwd_kernel"}, batch.added  # evaluation: forward only, no dropout
+    report = first_epoch_report(run, phases)
+    assert report[-1] == "compiles only in the first training step and the first evaluation batch: yes", report
+assert IMAGENET.eval_batch == 511 and IMAGENET.last_eval == 433 and IMAGENET.dropped == 15
+from alexnet_triton import data
+data.pad_rows = lambda tensor, rows: tensor  # a planted bug: evaluation no longer pads its last batch
+assert not verdict(first_epoch(IMAGENET))
 """
     repository = Path(__file__).resolve().parents[1]
     env = reference_backend_env(PYTHONPATH=str(repository))
