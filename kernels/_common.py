@@ -14,6 +14,30 @@ from torch.library import wrap_triton
 # so the flag is read once here and stays true to what the kernels actually are.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
+
+def _squeeze_interpreter_index() -> None:
+    """Triton < 3.7's interpreter turns a scalar tensor into an int (a loop `range(first, last)` over tensors, an
+    index) with int() of its 1-element 1-D numpy array, which NumPy >= 2.4 refuses ("only 0-dimensional arrays can
+    be converted to Python scalars"). Triton 3.7 squeezes the array first (triton-lang/triton#9172); this does the
+    same for older releases, which pip pairs with today's NumPy."""
+    from triton.runtime import interpreter
+
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patch_lang_tensor(tensor, *scope):
+        patch_tensor(tensor, *scope)
+        index = lambda self: int(self.handle.data.squeeze())  # noqa: E731
+        if scope:  # Triton 3.5+: a scope that restores the attribute after the launch
+            scope[0].set_attr(tensor, "__index__", index)
+        else:
+            tensor.__index__ = index
+
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+if INTERPRET and tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 7):
+    _squeeze_interpreter_index()
+
 # The dtypes every kernel accepts. float64 exists for gradcheck and float64 reference runs.
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

@@ -158,7 +158,7 @@ def _conv_fwd_kernel(
                 mask=mask_c[:, None] & mask_n[None, :],
                 other=0.0,
             )
-        acc = tl.dot(a, b, acc, input_precision="tf32" if TF32 else "ieee")
+        acc = tl.dot(a, b, acc, input_precision="tf32" if TF32 else "ieee", out_dtype=ACC_DTYPE)
 
     # Epilogue on the fp32 accumulator: bias, then ReLU. `acc < 0` is false for NaN, so NaN
     # propagates as in F.relu.

@@ -134,7 +134,7 @@ def _conv_dgrad_gather_kernel(
             mask=mask_k[:, None] & mask_n[None, :],
             other=0.0,
         )
-        acc = tl.dot(dy, w, acc, input_precision="tf32" if TF32 else "ieee")
+        acc = tl.dot(dy, w, acc, input_precision="tf32" if TF32 else "ieee", out_dtype=ACC_DTYPE)
 
     dx_ptrs = (
         dx_ptr
@@ -235,7 +235,7 @@ def _conv_wgrad_kernel(
             in_image = (mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & mask_n[None, :]
         x_rows = n.to(tl.int64) * stride_x_n + ih0 * stride_x_h + iw0 * stride_x_w
         x = tl.load(x_cols[None, :] + x_rows[:, None], mask=in_image, other=0.0)
-        acc = tl.dot(dy, x, acc, input_precision="tf32" if TF32 else "ieee")
+        acc = tl.dot(dy, x, acc, input_precision="tf32" if TF32 else "ieee", out_dtype=ACC_DTYPE)
         ow += step_w
         carry = ow >= OW
         ow = tl.where(carry, ow - OW, ow)
