@@ -164,6 +164,38 @@ def block(size: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(max(int(size), 1))))
 
 
+# Past the first tile (DESIGN.md, "Tests"): the interpreter's blocks otherwise cover a whole test shape, so a test
+# would run one program and one trip of every loop, and never see a bug in how programs or trips divide the work.
+# The kernel tests set TEST_TILES (tests/conftest.py); each kernel's interpreter blocks then cut every tiled dimension
+# into TEST_PROGRAMS programs or more and every reduction loop into TEST_TRIPS trips or more, wherever a block's floor
+# (16 where tl.dot reads it) leaves room. Off by default: a user's interpreter run takes the fewest, largest tiles,
+# which run fastest. Read whenever a launch picks its blocks; a GPU's tuned blocks never read it.
+TEST_TILES = False
+TEST_PROGRAMS = 3
+TEST_TRIPS = 2
+
+
+def parts_block(size: int, low: int, high: int, parts: int) -> int:
+    """The largest power of two that cuts size into `parts` blocks or more, within [low, high]: cdiv(size, b) >=
+    parts exactly when b <= (size - 1) // (parts - 1). Where low allows it, that is parts to 2 * (parts - 1) blocks
+    (two for two, three or four for three) however large size is, the last one partial wherever size is no multiple
+    of the block."""
+    most = (int(size) - 1) // max(parts - 1, 1)
+    return max(low, min(high, 1 << (most.bit_length() - 1) if most > 0 else low))
+
+
+def program_block(size: int, low: int, high: int) -> int:
+    """The interpreter's block along a dimension that programs share: block() (one program covers size), or under
+    TEST_TILES one that gives TEST_PROGRAMS programs or more."""
+    return parts_block(size, low, high, TEST_PROGRAMS) if TEST_TILES else block(size, low, high)
+
+
+def trip_block(size: int, low: int, high: int) -> int:
+    """The interpreter's block along a dimension a loop walks: block() (one trip), or under TEST_TILES one that
+    takes TEST_TRIPS trips or more."""
+    return parts_block(size, low, high, TEST_TRIPS) if TEST_TILES else block(size, low, high)
+
+
 def use_tf32(dtype: torch.dtype) -> bool:
     """Whether tl.dot may round fp32 operands to TF32: when PyTorch allows it for cuDNN convolutions,
     so a fused conv rounds like the F.conv2d it replaces. Other dtypes never do.

@@ -30,7 +30,7 @@ _GPU_CONFIGS = [
 
 
 def _interpreter_blocks(args: dict) -> dict:
-    return {"BLOCK": _common.block(3 * args["size"] * args["size"], 16, 65536)}
+    return {"BLOCK": _common.program_block(3 * args["size"] * args["size"], 16, 65536)}
 
 
 BOX_COLUMNS = 4  # sample index, top, left, flip (0 or 1)

@@ -267,7 +267,7 @@ def relu_grad(grad_out: torch.Tensor, out: torch.Tensor, with_bias: bool) -> tup
     pixels = N * OH * OW
     if pixels == 0:
         return masked, _common.empty((C,), like=grad_out).zero_() if with_bias else None
-    per_program = pixels if _common.INTERPRET else tuning.MASK_PIXELS_PER_PROGRAM
+    per_program = tuning.mask_pixels_per_program(pixels)
     chunks = triton.cdiv(pixels, per_program)
     partial_db = _common.empty((chunks, C), like=grad_out, dtype=acc_dtype) if with_bias else masked
 

@@ -142,32 +142,57 @@ def fwd_reduction_block(args: dict) -> int:
 def interpreter_fwd_blocks(args: dict) -> dict:
     """Under the interpreter, where nothing is tuned: tiles that fit the GEMM (tl.dot needs 16 at least), one channel
     block per tap and split: each interpreted op costs about as much as numpy work on 50k elements, so fewer,
-    larger tiles win."""
+    larger tiles win. Under _common.TEST_TILES: three programs or more along the pixels and the output channels, and
+    a reduction block (_test_reduction_block) that walks the channels in two blocks or more."""
+    if _common.TEST_TILES:
+        block_k = _test_reduction_block(args)
+    else:
+        block_k = _common.block(triton.cdiv(fwd_reduction_block(args), args["SPLITS"]), 16, 512)
     return {
-        "BLOCK_M": _common.block(args["M"], 16, 1024),
-        "BLOCK_N": _common.block(args["C_out_g"], 16, 512),
-        "BLOCK_K": _common.block(triton.cdiv(fwd_reduction_block(args), args["SPLITS"]), 16, 512),
+        "BLOCK_M": _common.program_block(args["M"], 16, 1024),
+        "BLOCK_N": _common.program_block(args["C_out_g"], 16, 512),
+        "BLOCK_K": block_k,
     }
 
 
+def _test_reduction_block(args: dict) -> int:
+    """The forward kernel's BLOCK_K under TEST_TILES: the largest (16 at least) that cuts a tap's channels (every
+    (tap, channel) pair when packed) into two blocks or more and, where the reduction is long enough, leaves the
+    last split (the one with the fewest) two steps of the (tap, channel block) loop or more."""
+    taps = 1 if args["PACKED"] else args["TAPS"]
+    channels, splits = fwd_reduction_block(args), args["SPLITS"]
+    block_k = _common.trip_block(channels, 16, 512)
+    while block_k > 16:
+        steps = taps * triton.cdiv(channels, block_k)
+        if steps - (splits - 1) * triton.cdiv(steps, splits) >= _common.TEST_TRIPS:  # the kernel's share per split
+            break
+        block_k //= 2
+    return block_k
+
+
 def interpreter_wgrad_blocks(args: dict) -> dict:
+    """Under TEST_TILES: three programs or more along the output channels and the columns, two trips or more of
+    the pixel loop per split."""
     return {
-        "BLOCK_M": _common.block(args["C_out_g"], 16, 512),
-        "BLOCK_N": _common.block(args["COLUMNS"], 16, 512),
-        "BLOCK_K": _common.block(args["PIXELS_PER_SPLIT"], 16, 1024),
+        "BLOCK_M": _common.program_block(args["C_out_g"], 16, 512),
+        "BLOCK_N": _common.program_block(args["COLUMNS"], 16, 512),
+        "BLOCK_K": _common.trip_block(args["PIXELS_PER_SPLIT"], 16, 1024),
     }
 
 
 def interpreter_gather_blocks(args: dict) -> dict:
-    block_m = _common.block(args["GEMM_M"], 16, 512)
-    block_n = _common.block(args["GEMM_N"], 16, 512)
-    block_k = _common.block(args["GEMM_K"], 16, 2**18 // max(block_m, block_n))
+    block_m = _common.program_block(args["GEMM_M"], 16, 512)
+    block_n = _common.program_block(args["GEMM_N"], 16, 512)
+    block_k = _common.trip_block(args["GEMM_K"], 16, 2**18 // max(block_m, block_n))
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
 
 
 def interpreter_mask_blocks(args: dict) -> dict:
-    block_c = _common.block(args["C"], 16, 512)
-    return {"BLOCK_P": _common.block(args["PIXELS_PER_PROGRAM"], 16, 2**16 // block_c), "BLOCK_C": block_c}
+    """Under TEST_TILES blocks go down to 4 (no tl.dot here), so that the tests' few channels still make three
+    programs and a program's few pixels (mask_pixels_per_program) two trips or more of its loop."""
+    low = 4 if _common.TEST_TILES else 16
+    block_c = _common.program_block(args["C"], low, 512)
+    return {"BLOCK_P": _common.trip_block(args["PIXELS_PER_PROGRAM"], low, 2**16 // block_c), "BLOCK_C": block_c}
 
 
 # A GEMM whose output tiles are fewer than the GPU's SMs (fc6, fc7: 128 rows by 2048 columns) splits its reduction
@@ -183,6 +208,16 @@ PACK_CHANNELS_BELOW = 16
 # ReLU's mask: each program masks this many pixels of a channel block and writes one partial bias sum, so the
 # partial sums are few (1,500 rows for conv1 at batch 128) and their number does not depend on the tile config.
 MASK_PIXELS_PER_PROGRAM = 256
+
+
+def mask_pixels_per_program(pixels: int) -> int:
+    """The pixels each program of ReLU's mask takes: MASK_PIXELS_PER_PROGRAM on a GPU; under the interpreter all
+    of them in one program, or under _common.TEST_TILES just over a TEST_PROGRAMS-th of them: from 7 pixels on,
+    three programs, the last one partial (chunks that need not be multiples of BLOCK_P, so that a loop may also
+    end in a partial trip before the last pixel)."""
+    if not _common.INTERPRET:
+        return MASK_PIXELS_PER_PROGRAM
+    return pixels // _common.TEST_PROGRAMS + 1 if _common.TEST_TILES else pixels
 
 
 def sm_count(device: torch.device) -> int | None:

@@ -29,7 +29,7 @@ _GPU_CONFIGS = [
 
 
 def _interpreter_blocks(args: dict) -> dict:
-    return {"BLOCK": _common.block(args["numel"], 16, 65536)}
+    return {"BLOCK": _common.program_block(args["numel"], 16, 65536)}
 
 
 # Philox counters here are 32-bit element positions.

@@ -40,8 +40,9 @@ _GPU_CONFIGS = [
 
 
 def _interpreter_blocks(args: dict) -> dict:
-    """Under the interpreter: up to 4096 pixels per program, few programs."""
-    return {"BLOCK_S": _common.block(args["P"], 16, 4096)}
+    """Under the interpreter: up to 4096 pixels per program, few programs (three or more under TEST_TILES; the
+    channel walk is a loop already)."""
+    return {"BLOCK_S": _common.program_block(args["P"], 16, 4096)}
 
 
 # ---------------------------------------------------------------------------------------------

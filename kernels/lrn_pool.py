@@ -64,12 +64,17 @@ _BWD_GPU_CONFIGS = [
 
 
 def _interpreter_fwd_blocks(args: dict) -> dict:
-    """Under the interpreter: every channel and up to 1024 output pixels per program, few programs."""
-    return {"BLOCK_S": _common.block(args["P"], 16, 1024), "BLOCK_C": _common.block(args["C"], 1, 128)}
+    """Under the interpreter: every channel and up to 1024 output pixels per program, few programs. Under
+    TEST_TILES three programs or more each way, channel blocks no narrower than 4 (each program's cost hardly
+    depends on its width, and a tiny shape's many calls, gradcheck's, stay quick)."""
+    return {
+        "BLOCK_S": _common.program_block(args["P"], 16, 1024),
+        "BLOCK_C": _common.program_block(args["C"], 4 if _common.TEST_TILES else 1, 128),
+    }
 
 
 def _interpreter_bwd_blocks(args: dict) -> dict:
-    return {"BLOCK_S": _common.block(args["P"], 16, 4096)}
+    return {"BLOCK_S": _common.program_block(args["P"], 16, 4096)}
 
 
 # A window position fits in one byte up to this many elements per window (as in kernels/pool.py).

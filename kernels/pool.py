@@ -37,7 +37,7 @@ _GPU_CONFIGS = [
 
 
 def _interpreter_blocks(args: dict) -> dict:
-    return {"BLOCK": _common.block(args["TOTAL"], 16, 8192)}
+    return {"BLOCK": _common.program_block(args["TOTAL"], 16, 8192)}
 
 
 # A window position fits in one byte up to this many elements per window.

@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+import tiles  # noqa: E402
 from alexnet_triton.kernels import _common  # noqa: E402
 from helpers import tf32_off_until_allowed  # noqa: E402
 
@@ -35,6 +36,31 @@ def poisoned_allocations(monkeypatch):
         return buffer
 
     monkeypatch.setattr(_common, "empty", allocate_poisoned)
+
+
+# The test files of the kernels one by one, which run past the first tile (past_the_first_tile). The network's tests
+# (test_model, test_swap*, test_layouts, ...) compose kernels these files check, and keep the interpreter's
+# whole-shape tiles: every program costs the interpreter the same few hundred microseconds per op whatever its tile,
+# and several programs per kernel made test_model about four times slower (47 s to 188 s of CPU).
+TILED_TEST_FILES = (
+    "test_conv", "test_lrn", "test_pool", "test_lrn_pool", "test_dropout", "test_augmentation", "test_tiles",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def past_the_first_tile(request, monkeypatch):
+    """Past the first tile (DESIGN.md, "Tests"), in TILED_TEST_FILES: under the interpreter every kernel's blocks cut
+    a test's shape into three programs or more along each tiled dimension, with a partial last one wherever the size
+    is no multiple of the block, and every reduction loop into two trips or more (_common.TEST_TILES), as a GPU's
+    many programs cut it. The tests check what their launches covered with the `launches` fixture (tests/tiles.py)."""
+    monkeypatch.setattr(_common, "TEST_TILES", request.module.__name__.rpartition(".")[2] in TILED_TEST_FILES)
+
+
+@pytest.fixture
+def launches(monkeypatch) -> list:
+    """The kernel launches the interpreter runs during the test, in order (tiles.Launch: kernel, grid, arguments,
+    tl.dot calls per program); empty on a GPU, where nothing is interpreted."""
+    return tiles.record(monkeypatch)
 
 
 @pytest.fixture(autouse=True)

@@ -80,10 +80,15 @@ def test_report_of_a_cpu_run_says_it_judges_nothing(tmp_path, capsys):
     assert "Not judged" in text and "| goal | verdict |" not in text
 
 
-def test_report_refuses_results_without_timings(tmp_path):
+def test_report_refuses_results_without_timings(tmp_path, capsys):
     write_results(tmp_path / "results.json", [{"name": "x", "extra_info": {}}])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit:
         report.main([str(tmp_path / "results.json")])
+    assert exit.value.code == 2  # argparse's usage error
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1].endswith(
+        "error: results: no timed benchmarks in them (was the run made with --benchmark-disable?)"
+    ), err
 
 
 def test_report_merges_split_runs_of_one_device(tmp_path, capsys):
@@ -95,8 +100,13 @@ def test_report_merges_split_runs_of_one_device(tmp_path, capsys):
     )
 
     write_results(tmp_path / "other.json", [result("dropout", "dropout6", "forward", "eager", 3e-3)], device="B")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit:
         report.main([str(tmp_path / "ours.json"), str(tmp_path / "other.json")])
+    assert exit.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1].endswith(
+        f"error: results: {tmp_path / 'other.json'} is from B, the first from Test GPU"
+    ), err
 
 
 def test_input_pipeline_table_compares_each_path_with_todays(tmp_path):
@@ -118,3 +128,165 @@ def test_input_pipeline_table_compares_each_path_with_todays(tmp_path):
     assert "| store, gpu kernel | uint8 | - | 5,000 per core | 0.200 ms | 39.06x | — |" in text
     assert "| imagefolder | uint8 | - | 128 per core | 7.812 ms | 1.00x | — |" in text
     assert "| gpu kernel (one batch) | uint8 | - | 128,000 | 0.008 ms | — | 100.0 GB/s |" in text
+
+
+# ---- each goal's verdict, where it is met and where it is missed ---------------------------------------------------
+
+
+def lrn_pool_result(layer, forward_ratio, backward_ratio):
+    """A fused LRN + max-pool row (bench/test_lrn_pool.py) whose counted traffic has the given ratios."""
+    info = {
+        "kind": "lrn_pool", "op": "lrn_max_pool2d", "layer": layer, "direction": "forward+backward",
+        "dtype": "bfloat16", "memory_format": "contiguous", "implementation": "ours", "median_s": 1e-3,
+        "traffic": {"forward_ratio": forward_ratio, "backward_ratio": backward_ratio},
+    }  # fmt: skip
+    return {"name": layer, "extra_info": info}
+
+
+def network_result(impl, seconds, peak_memory_bytes):
+    return result("alexnet", "alexnet", "training", impl, seconds, peak_memory_bytes=peak_memory_bytes,
+                  images_per_s=8 / seconds, images_per_s_bound=1000.0, fraction_of_bound=0.4)  # fmt: skip
+
+
+LRN, CONV = "local_response_norm", "conv2d_relu"
+# goal (the start of its row) -> (results where it is met, results where it is missed, the missed verdict).
+# Each met case sits on its threshold where the goal has one (at least 5x, 80%), and holds rows the goal must
+# leave out (another direction, dtype or layer, a small transfer) which would miss it if counted.
+GOAL_CASES = {
+    "LRN forward+backward at least 5x eager": (
+        [
+            result(LRN, "lrn1", "forward+backward", "ours", 0.125),
+            result(LRN, "lrn1", "forward+backward", "eager", 0.625),
+            result(LRN, "lrn2", "forward", "ours", 1.0),
+            result(LRN, "lrn2", "forward", "eager", 1.0),
+        ],
+        [
+            result(LRN, "lrn1", "forward+backward", "ours", 0.125),
+            result(LRN, "lrn1", "forward+backward", "eager", 0.62),
+            result(LRN, "lrn2", "forward+backward", "ours", 0.125),
+            result(LRN, "lrn2", "forward+backward", "eager", 1.0),
+        ],
+        "missed (1 of 2 short)",
+    ),
+    "LRN forward+backward faster than torch.compile": (
+        [
+            result(LRN, "lrn1", "forward+backward", "ours", 0.125),
+            result(LRN, "lrn1", "forward+backward", "compile", 0.25),
+            result(LRN, "lrn1", "forward", "ours", 1.0),
+            result(LRN, "lrn1", "forward", "compile", 0.5),
+        ],
+        [
+            result(LRN, "lrn1", "forward+backward", "ours", 0.125),
+            result(LRN, "lrn1", "forward+backward", "compile", 0.1),
+        ],
+        "missed (1 of 1 short)",
+    ),
+    "max-pool and dropout at 80% of copy bandwidth or more": (
+        [
+            result("max_pool2d", "pool1", "forward", "ours", 1e-3, roofline_fraction=0.8),
+            result("dropout", "dropout6", "forward", "ours", 1e-3, roofline_fraction=0.95),
+            # 64 MiB: a small transfer, which measures launch time, not bandwidth
+            result("dropout", "dropout7", "forward", "ours", 1e-5, roofline_fraction=0.1, bytes=2**26),
+        ],
+        [
+            result("max_pool2d", "pool1", "forward", "ours", 1e-3, roofline_fraction=0.79),
+            result("dropout", "dropout6", "forward", "ours", 1e-3, roofline_fraction=0.95),
+        ],
+        "missed (1 of 2 short)",
+    ),
+    "conv2d+ReLU bf16 at cuDNN's speed or better on conv2-conv5": (
+        [
+            *(result(CONV, f"conv{i}", "forward", impl, 1e-3) for i in (2, 3, 4, 5) for impl in ("ours", "eager")),
+            result(CONV, "conv1", "forward", "ours", 1e-3),
+            result(CONV, "conv1", "forward", "eager", 0.5e-3),
+            result(CONV, "conv2", "forward", "ours", 1e-3, dtype="float32"),
+            result(CONV, "conv2", "forward", "eager", 0.5e-3, dtype="float32"),
+        ],
+        [
+            *(result(CONV, f"conv{i}", "forward", "ours", 1e-3) for i in (2, 3, 4, 5)),
+            *(result(CONV, f"conv{i}", "forward", "eager", 0.9e-3 if i == 3 else 1e-3) for i in (2, 3, 4, 5)),
+        ],
+        "missed (1 of 4 short)",
+    ),
+    "training step faster than eager and torch.compile": (
+        [
+            network_result("ours", 0.2, 2**20),
+            network_result("eager", 0.3, 2**21),
+            network_result("compile", 0.25, 2**21),
+        ],
+        [
+            network_result("ours", 0.2, 2**20),
+            network_result("eager", 0.3, 2**21),
+            network_result("compile", 0.19, 2**21),
+        ],
+        "missed (1 of 2 short)",
+    ),
+    "training step with less peak memory than eager and torch.compile": (
+        [
+            network_result("ours", 0.2, 2**20),
+            network_result("eager", 0.3, 2**21),
+            network_result("compile", 0.25, 2**21),
+        ],
+        [
+            network_result("ours", 0.2, 2**20),
+            network_result("eager", 0.3, 2**21),
+            network_result("compile", 0.25, 2**20),
+        ],
+        "missed (1 of 2 short)",  # the same peak is not less
+    ),
+    "LRN + max-pool fused: traffic at most 0.41x the separate ops' forward, 0.54x backward": (
+        [lrn_pool_result("lrn_pool1", 0.405, 0.5414), lrn_pool_result("lrn_pool2", 0.4149, 0.5449)],  # to 0.41, 0.54
+        [lrn_pool_result("lrn_pool1", 0.405, 0.5414), lrn_pool_result("lrn_pool2", 0.4151, 0.5451)],  # 0.42, 0.55
+        "missed (2 of 4 short)",
+    ),
+}
+
+
+def verdicts(tmp_path, benchmarks) -> dict[str, str]:
+    """goal -> verdict, as the report judges the benchmarks (read back through report.load, as main does)."""
+    write_results(tmp_path / "results.json", benchmarks)
+    _, rows = report.load([tmp_path / "results.json"])
+    lines = report.goals(rows)
+    assert lines[:2] == ["| goal | verdict |", "| --- | --- |"]
+    return dict(line.strip("| ").rsplit(" | ", 1) for line in lines[2:])
+
+
+def verdict_of(table: dict[str, str], goal: str) -> str:
+    (verdict,) = [verdict for name, verdict in table.items() if name.startswith(goal)]
+    return verdict
+
+
+def verdicts_without_results() -> dict[str, str]:
+    return dict(line.strip("| ").rsplit(" | ", 1) for line in report.goals({})[2:])
+
+
+def test_every_goal_has_a_case():
+    table = verdicts_without_results()
+    assert len(table) == len(GOAL_CASES) == 7
+    for goal in GOAL_CASES:
+        verdict_of(table, goal)  # exactly one goal starts so
+
+
+@pytest.mark.parametrize("goal", GOAL_CASES, ids=lambda goal: goal.split(":")[0][:40].replace(" ", "-"))
+def test_each_goal_is_met_missed_or_not_measured_as_its_results_say(goal, tmp_path):
+    met, missed, missed_verdict = GOAL_CASES[goal]
+    assert verdict_of(verdicts_without_results(), goal) == "not measured"
+    assert verdict_of(verdicts(tmp_path, met), goal) == "met"
+    assert verdict_of(verdicts(tmp_path, missed), goal) == missed_verdict
+
+
+def test_lrn_pool_traffic_is_counted_from_the_shapes():
+    # The counts the traffic goal judges, against bytes counted here by hand at AlexNet's layer 1 (one tower, one
+    # image, bf16): the input 48 x 55 x 55 = 145,200 elements, the output 48 x 27 x 27 = 34,992, one position byte
+    # per output element. Forward, fused: input 290,400 B + output 69,984 + positions 34,992 = 395,376; separate: LRN
+    # reads the input and writes its map (580,800), the pool reads the map and writes output and positions (395,376).
+    # Backward, fused: output gradient + positions + input + input gradient = 685,776; separate: the pool's backward
+    # reads the output gradient and positions and writes the map's gradient (395,376), LRN's reads that and the
+    # input and writes the input gradient (871,200).
+    from bench.test_lrn_pool import traffic
+
+    counts = traffic((1, 48, 55, 55), (1, 48, 27, 27), 2)
+    assert counts["fused_forward"] == 395_376 and counts["separate_forward"] == 580_800 + 395_376
+    assert counts["fused_backward"] == 685_776 and counts["separate_backward"] == 395_376 + 871_200
+    assert counts["forward_ratio"] == pytest.approx(395_376 / 976_176) and round(counts["forward_ratio"], 2) == 0.41
+    assert counts["backward_ratio"] == pytest.approx(685_776 / 1_266_576) and round(counts["backward_ratio"], 2) == 0.54

@@ -7,6 +7,7 @@ from alexnet_triton.kernels import _common, conv_tuning
 from alexnet_triton.kernels import conv as conv_kernels
 from alexnet_triton.kernels import conv_grad as conv_grad_kernels
 from helpers import TOLERANCE, assert_close, away_from_kink, every_other, requires_cuda
+from tiles import table, uncovered
 
 import alexnet_triton as at
 from alexnet_triton.model import layer_shapes
@@ -47,23 +48,22 @@ def randn(*shape, device, dtype=torch.float32):
 
 
 # Each conv layer's output side in the tests: AlexNet's channels and kernels at a spatial size the
-# interpreter runs quickly (5 is prime, so no block divides it).
+# interpreter runs quickly (5 is prime, so no block divides it; a batch of 2 is 50 pixels, four tiles of 16).
 TEST_OUTPUT_SIDE = 5
 
 
 def alexnet_conv_layers() -> dict[str, tuple[int, ...]]:
-    """AlexNet's five convolutions from the model's table, both towers in one tensor (groups=2 where the
-    towers stay apart), each at the input size that gives a TEST_OUTPUT_SIDE output:
-    name -> (C_in, C_out, kernel, stride, padding, groups, input size)."""
+    """AlexNet's five convolutions from the model's table, as a tower runs them (conv3 reads both towers' channels),
+    each at the input size that gives a TEST_OUTPUT_SIDE output: name -> (C_in, C_out, kernel, stride, padding,
+    groups, input size). Under the tests' tiles every program costs the interpreter alike, so both towers in one
+    grouped tensor would double the time; test_every_kernel_runs_past_the_first_tile runs groups of several tiles."""
     layers = {}
     for shape in layer_shapes():
         layer = shape.layer
         if layer.fully_connected:
             continue
-        groups = 2 if layer.reads == "own tower" else 1
         size = (TEST_OUTPUT_SIDE - 1) * layer.stride + shape.kernel - 2 * layer.padding
-        c_in, c_out = groups * shape.in_channels, 2 * shape.out_channels
-        layers[layer.name] = (c_in, c_out, shape.kernel, layer.stride, layer.padding, groups, size)
+        layers[layer.name] = (shape.in_channels, shape.out_channels, shape.kernel, layer.stride, layer.padding, 1, size)
     return layers
 
 
@@ -71,7 +71,7 @@ ALEXNET_LAYERS = alexnet_conv_layers()
 
 
 @pytest.mark.parametrize("layer", ALEXNET_LAYERS)
-def test_alexnet_layer_shapes_match_reference(layer, precision, device):
+def test_alexnet_layer_shapes_match_reference(layer, precision, launches, device):
     dtype, tol_key = precision
     c_in, c_out, k, stride, padding, groups, size = ALEXNET_LAYERS[layer]
     x = randn(2, c_in, size, size, device=device, dtype=dtype)
@@ -80,6 +80,11 @@ def test_alexnet_layer_shapes_match_reference(layer, precision, device):
     b = randn(c_out, device=device, dtype=dtype)
     out, _ = check_conv2d_relu(x, w, b, stride, padding, groups, tol_key)
     assert out.shape[-2:] == (TEST_OUTPUT_SIDE, TEST_OUTPUT_SIDE)
+    # Past the first tile: three programs or more along every tiled dimension and two trips or more of every loop
+    # (AlexNet's channel counts are multiples of every block, so only the pixels and conv1's packed (tap, channel)
+    # pairs end in a partial tile). conv1's input gradient has 3 channels, under tl.dot's 16.
+    exempt = {"_conv_dgrad_gather_kernel": ["input channels"]}
+    assert not uncovered(launches, partial=False, exempt=exempt), table(launches)
 
 
 def test_odd_sizes_rectangular_kernel_and_stride(device):
@@ -130,12 +135,13 @@ def test_float64_matches_to_rounding(device):
     check_conv2d_relu(x, w, b, (1, 2), 1, 2, torch.float64)
 
 
-def test_gradcheck_tiny_float64(device):
-    # Finite differences cost two forward passes per input element: keep it to 52 elements.
-    x = randn(1, 2, 4, 4, device=device, dtype=torch.float64).requires_grad_()
+def test_gradcheck_float64(device):
+    # gradcheck's fast mode compares one random projection of the Jacobians (a few calls, where the full Jacobian
+    # takes two forward passes per input element), so the shape can span programs: 40 output pixels, three tiles.
+    x = randn(2, 2, 5, 7, device=device, dtype=torch.float64).requires_grad_()
     w = randn(2, 1, 3, 3, device=device, dtype=torch.float64).requires_grad_()
     b = randn(2, device=device, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, w, b: at.conv2d_relu(x, w, b, (1, 2), 1, 2), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: at.conv2d_relu(x, w, b, (1, 2), 1, 2), (x, w, b), fast_mode=True)
 
 
 def test_unbatched_input(device):
@@ -207,27 +213,86 @@ def test_strided_input_gradient_gathers(launched, device):
     assert launched == ["forward", "relu_grad", "gather", "weight_grad"]
 
 
-@pytest.mark.parametrize("splits", [1, 3, 7])  # 7: more splits than reduction steps, so some add nothing
+@pytest.mark.parametrize(
+    "stride, x_shape, w_shape, groups",
+    [
+        # Two groups; the input gradient is the forward kernel. Tiles per group (pixels x channels): forward 4 x 3,
+        # input gradient 4 x 3, weight gradient 3 x 3.
+        (1, (2, 74, 5, 5), (70, 37, 3, 3), 2),
+        # The input gradient gathers. Tiles: forward 4 x 3, input gradient 3 x 4, weight gradient 3 x 4.
+        (2, (2, 50, 9, 9), (35, 50, 3, 3), 1),
+    ],
+    ids=["stride-1-groups", "strided"],
+)
+def test_every_kernel_runs_past_the_first_tile(stride, x_shape, w_shape, groups, launches, device):
+    # Sizes no block divides (50 and 162 pixels, 35, 37 and 50 channels, reductions of 37, 50 and 35 x 9), so that a
+    # tile index, a block offset or a loop's carry that only the first program or trip gets right shows in the result
+    # as on a GPU's hundreds of programs; each GEMM kernel's two tile counts differ in one of the cases, so that
+    # programs that swap their tile indices leave tiles undone.
+    x, w, b = randn(*x_shape, device=device), randn(*w_shape, device=device), randn(w_shape[0], device=device)
+    check_conv2d_relu(x, w, b, stride, 1, groups, torch.float32)
+    if _common.INTERPRET:
+        gradient = "_conv_fwd_kernel" if stride == 1 else "_conv_dgrad_gather_kernel"
+        assert [launch.kernel for launch in launches] == [
+            "_conv_fwd_kernel", "_relu_grad_kernel", gradient, "_conv_wgrad_kernel"
+        ]  # fmt: skip
+        assert not uncovered(launches), table(launches)
+
+
+@pytest.mark.parametrize("splits", [1, 3, 7])
 @pytest.mark.parametrize(
     "x_shape, w_shape",
-    [((2, 16, 3, 3), (10, 16, 3, 3)), ((3, 40, 1, 1), (24, 40, 1, 1))],
+    [((35, 24, 3, 3), (37, 24, 3, 3)), ((3, 40, 1, 1), (24, 40, 1, 1))],
     ids=["kernel-covers-input", "one-by-one"],
 )
-def test_fully_connected_layers_split_their_reduction(x_shape, w_shape, splits, launched, monkeypatch, device):
+def test_fully_connected_layers_split_their_reduction(x_shape, w_shape, splits, launches, monkeypatch, device):
     # fc6 (a kernel as large as its input) and fc7 (1x1 on a 1x1 map) are matrix products whose rows are the batch:
-    # the forward kernel on the flattened input, its reduction split over programs and summed afterwards.
-    asked = []
+    # the forward kernel on the flattened input, its reduction split over programs and summed afterwards; the
+    # weight gradient splits the batch likewise. fc6's 216 products per output leave each of 7 splits two trips of
+    # 16 and more; fc7's 40 leave some splits nothing to add (so do both input gradients, over 37 and 24 channels).
+    asked, asked_pixels = [], []
 
     def forced(tiles, reduction, device):
         asked.append(reduction)
         return splits
 
+    def forced_pixels(pixels, tiles, device):
+        asked_pixels.append(pixels)
+        return splits
+
     monkeypatch.setattr(conv_tuning, "reduction_splits", forced)
+    monkeypatch.setattr(conv_tuning, "wgrad_splits", forced_pixels)
     x, w, b = randn(*x_shape, device=device), randn(*w_shape, device=device), randn(w_shape[0], device=device)
     check_conv2d_relu(x, w, b, 1, 0, 1, torch.float32)
     flat = x_shape[1] * x_shape[2] * x_shape[3]
     assert asked == [flat, w_shape[0]]  # the forward reduces the flattened input, the input gradient C_out
-    assert launched == ["forward", "relu_grad", "forward", "weight_grad"]
+    assert asked_pixels == [x_shape[0]]  # the weight gradient the batch's rows
+    if _common.INTERPRET:
+        forward, _, input_grad, weight_grad = launches
+        assert [launch.kernel for launch in launches] == [
+            "_conv_fwd_kernel", "_relu_grad_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel"
+        ]  # fmt: skip
+        assert forward.coverage()["splits"] == input_grad.coverage()["splits"] == (splits,)
+        assert weight_grad.coverage()["splits"] == (splits,)
+        if x_shape[1] * x_shape[2] * x_shape[3] >= 16 * 2 * 7:  # fc6: every split of the forward two trips or more
+            assert not forward.uncovered(), table(launches)
+
+
+@pytest.mark.parametrize("splits", [1, 3, 7])
+def test_weight_gradient_splits_its_pixels(splits, launches, monkeypatch, device):
+    # The weight gradient of a convolution sums over every output pixel of the batch, cut into `splits` chunks whose
+    # pixel lanes step across rows and images with carries: 126 pixels (3 images of 6 x 7) in 7 chunks of 18 are two
+    # trips of 16 each, the chunks and the trips starting mid-row and mid-image.
+    monkeypatch.setattr(conv_tuning, "wgrad_splits", lambda pixels, tiles, device: splits)
+    x = randn(3, 35, 6, 8, device=device)
+    masked = randn(3, 37, 6, 7, device=device).contiguous(memory_format=torch.channels_last)
+    dw = conv_grad_kernels.conv_relu_weight_grad(masked, x, [37, 35, 1, 2], torch.contiguous_format, (1, 1), (0, 0), 1)
+    reference = torch.nn.grad.conv2d_weight(x.double(), (37, 35, 1, 2), masked.double(), (1, 1), (0, 0))
+    assert_close(dw, reference, TOLERANCE[torch.float32], "weight gradient")
+    if _common.INTERPRET:
+        (launch,) = launches
+        assert launch.coverage()["splits"] == (splits,)
+        assert uncovered(launches) == [], table(launches)
 
 
 @pytest.mark.parametrize("channels", [4, 16], ids=["packed-taps", "channel-blocks"])

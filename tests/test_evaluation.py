@@ -12,22 +12,29 @@ from alexnet_triton.runtime import Runtime
 
 
 def test_ten_crop_evaluation_averages_the_softmax_over_the_crops():
-    image = torch.arange(3 * 10 * 12, dtype=torch.float32).reshape(3, 10, 12)
-    stats = {"mean": torch.tensor([1.0, 2.0, 3.0]), "scale": torch.tensor([1.0, 0.5, 2.0])}
-    crops = augmentation.ten_crops(image, 8, stats)
+    stats = {"mean": torch.tensor([100.0, 120.0, 110.0]), "scale": 1 / torch.tensor([60.0, 50.0, 70.0])}
+    weight = torch.randn(3, 7)  # logits a few units apart: no probability near 0
 
-    class Linear(torch.nn.Module):  # stands in for the network: logits from the crop's mean colour
+    class Linear(torch.nn.Module):  # stands in for the network: 7 classes' logits from the crop's mean colour
         def forward(self, x):
-            return x.mean(dim=(2, 3)) @ torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, -0.5]]) / 50
+            return x.mean(dim=(2, 3)) @ weight
 
-    dataset = [(crops, 1), (crops.flip(0), 0)]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    # Three images whose colour changes across the picture, so that each crop has its own logits.
+    images = [255 * torch.rand(3, 10, 12) * torch.linspace(0.2, 1, 12) for _ in range(3)]
+    crops = [augmentation.ten_crops(image, 8, stats) for image in images]
+    probabilities = [Linear()(image_crops).softmax(-1).mean(0) for image_crops in crops]
+    # Labels by the averaged softmax's ranking: the first image's class is its top one, the second's its fifth
+    # (a top-5 hit, a top-1 miss), the third's its sixth (a miss of both).
+    ranks = (0, 4, 5)
+    labels = [int(p.argsort(descending=True)[rank]) for p, rank in zip(probabilities, ranks, strict=True)]
+    loader = torch.utils.data.DataLoader(list(zip(crops, labels, strict=True)), batch_size=3)
     args = type("Args", (), {"amp": "none", "channels_last": False})()
     runtime = Runtime(0, 1, torch.device("cpu"))
     metrics = evaluation.evaluate(Linear(), loader, args, runtime, ten_crop=True)
-    probabilities = Linear()(crops).softmax(-1).mean(0)
-    expected_loss = -(probabilities[1].log() + probabilities[0].log()) / 2
+    expected_loss = -sum(p[label].log() for p, label in zip(probabilities, labels, strict=True)) / 3
     assert metrics["val_loss"] == pytest.approx(expected_loss.item(), rel=1e-5)
+    assert metrics["val_top1_error"] == pytest.approx(2 / 3, abs=1e-12)
+    assert metrics["val_top5_error"] == pytest.approx(1 / 3, abs=1e-12)
 
 
 class PerImage(torch.nn.Module):

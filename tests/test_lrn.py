@@ -3,7 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from alexnet_triton.kernels import _common
 from helpers import TOLERANCE, check_input_gradient, every_other, saved_tensors
+from tiles import table, uncovered
 
 import alexnet_triton as at
 from alexnet_triton.model import PAPER_LRN, layer_shapes
@@ -22,22 +24,22 @@ def check_lrn(x, size, alpha, beta, k, tol, **kwargs):
     )
 
 
-# AlexNet's LRNs, from the model's table: both towers' channels (96, 256), at a sixth of the side of the map
-# each reads (55, 27), which keeps the interpreter quick.
-ALEXNET_LRNS = {
-    f"lrn{shape.layer.number}": (2 * shape.out_channels, shape.output_size // 6)
-    for shape in layer_shapes()
-    if shape.layer.lrn
-}
+# AlexNet's LRNs, from the model's table: a tower's channels (48, 128), which each tower normalizes on its own, on a
+# 6 x 6 map (the maps are 55 and 27), which keeps the interpreter quick: a batch of 2 is 72 pixels, three programs of
+# 32 under the tests' tiles, each walking every channel.
+TEST_SIDE = 6
+ALEXNET_LRNS = {f"lrn{shape.layer.number}": shape.out_channels for shape in layer_shapes() if shape.layer.lrn}
 
 
 @pytest.mark.parametrize("layer", ALEXNET_LRNS)
 @pytest.mark.parametrize("params", [PAPER_LRN, STRONG], ids=["paper", "strong"])
-def test_alexnet_configurations(layer, params, precision, device):
+def test_alexnet_configurations(layer, params, precision, launches, device):
     dtype, tol_key = precision
-    channels, size = ALEXNET_LRNS[layer]
-    x = torch.randn(2, channels, size, size, device=device, dtype=dtype)
+    x = torch.randn(2, ALEXNET_LRNS[layer], TEST_SIDE, TEST_SIDE, device=device, dtype=dtype)
     check_lrn(x, **params, tol=TOLERANCE[tol_key])
+    if _common.INTERPRET:  # past the first tile: three programs, the last partial; the channel walk is a loop
+        assert [launch.kernel for launch in launches] == ["_lrn_fwd_kernel", "_lrn_bwd_kernel"]
+        assert not uncovered(launches), table(launches)
 
 
 @pytest.mark.parametrize(
@@ -79,9 +81,11 @@ def test_gradient_from_sum_backward(device):
     torch.testing.assert_close(x.grad, x64.grad.float(), rtol=1e-5, atol=1e-6)
 
 
-def test_gradcheck_tiny_float64(device):
-    x = torch.randn(1, 6, 2, 3, device=device, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: at.local_response_norm(t, 3, 1.0, 0.75, 1.0), (x,))
+def test_gradcheck_float64(device):
+    # gradcheck's fast mode (one random projection of the Jacobian, a few calls) lets the shape span programs: 40
+    # pixels, three blocks.
+    x = torch.randn(2, 6, 4, 5, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: at.local_response_norm(t, 3, 1.0, 0.75, 1.0), (x,), fast_mode=True)
 
 
 def test_only_the_input_is_saved_for_backward(device):

@@ -4,7 +4,9 @@ input gradients, ties, NaN, layouts, empty batches, what is saved for backward, 
 import pytest
 import torch
 import torch.nn.functional as F
+from alexnet_triton.kernels import _common
 from helpers import TOLERANCE, assert_close, check_input_gradient, every_other, saved_tensors
+from tiles import table, uncovered
 
 import alexnet_triton as at
 from alexnet_triton.model import OVERLAPPING_POOL, PAPER_LRN, layer_shapes
@@ -39,23 +41,27 @@ def check_lrn_pool(x, lrn, kernel, stride, padding, tol=TOLERANCE[torch.float32]
     )
 
 
-# AlexNet's layers 1 and 2 from the model's table: a tower's channels (48, 128), at a third of the side of the
-# map each pools (55, 27), which keeps the interpreter quick.
+# AlexNet's layers 1 and 2 from the model's table: a tower's channels (48, 128), on a 13 x 13 map (the maps they pool
+# are 55 and 27), which keeps the interpreter quick: a batch of 2 pools to 72 pixels from 338, three programs each
+# way under the tests' tiles.
+TEST_SIDE = 13
 ALEXNET_LAYERS = {
-    f"layer{shape.layer.number}": (shape.out_channels, shape.output_size // 3)
-    for shape in layer_shapes()
-    if shape.layer.lrn and shape.layer.pool
+    f"layer{shape.layer.number}": shape.out_channels for shape in layer_shapes() if shape.layer.lrn and shape.layer.pool
 }
 
 
 @pytest.mark.parametrize("layer", ALEXNET_LAYERS)
 @pytest.mark.parametrize("lrn", [PAPER_LRN, STRONG], ids=["paper", "strong"])
-def test_alexnet_layers(layer, lrn, precision, device):
+def test_alexnet_layers(layer, lrn, precision, launches, device):
     dtype, tol_key = precision
-    channels, size = ALEXNET_LAYERS[layer]
+    channels, size = ALEXNET_LAYERS[layer], TEST_SIDE
     x = torch.randn(2, channels, size, size, device=device, dtype=dtype)
     out, grad = check_lrn_pool(x, lrn, *OVERLAPPING_POOL, 0, TOLERANCE[tol_key])
     assert out.shape == (2, channels, (size - 3) // 2 + 1, (size - 3) // 2 + 1)
+    if _common.INTERPRET:  # past the first tile: three programs or more each way (AlexNet's channels fill theirs)
+        assert [launch.kernel for launch in launches] == ["_lrn_max_pool_fwd_kernel", "_lrn_max_pool_bwd_kernel"]
+        assert not uncovered(launches, partial=False), table(launches)
+        assert all(partial for partial in (launches[0].coverage()["pixels"][1], launches[1].coverage()["pixels"][1]))
 
 
 @pytest.mark.parametrize(
@@ -130,10 +136,12 @@ def test_empty_batch_and_batch_one(device):
     check_lrn_pool(torch.randn(1, 4, 9, 9, device=device), STRONG, 3, 2, 0)
 
 
-def test_gradcheck_tiny_float64(device):
-    # 3 x 5 pixels: two rows of windows that overlap, padding on every side; each interpreter call takes 0.1 s.
-    x = torch.randn(1, 4, 3, 5, device=device, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: at.lrn_max_pool2d(t, 3, 3, 2, 1, alpha=1.0), (x,))
+def test_gradcheck_float64(device):
+    # Windows that overlap, padding on every side. gradcheck's fast mode (one random projection of the Jacobian, a
+    # few calls, where the full one takes two per input element) lets the shape span programs: 40 pooled pixels
+    # and 126 input pixels, three and four blocks.
+    x = torch.randn(2, 4, 7, 9, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: at.lrn_max_pool2d(t, 3, 3, 2, 1, alpha=1.0), (x,), fast_mode=True)
 
 
 def test_saves_the_input_and_one_byte_per_output_element(device):

@@ -7,7 +7,10 @@ import sys
 
 import pytest
 import torch
-from helpers import TOLERANCE, assert_close, reference_backend_env, requires_cuda
+import torch.nn.functional as F
+from alexnet_triton.kernels import _common, conv_grad
+from alexnet_triton.kernels.conv import covers_input
+from helpers import TOLERANCE, assert_close, away_from_kink, reference_backend_env, requires_cuda
 from torch import nn
 
 import alexnet_triton as at
@@ -116,13 +119,8 @@ def test_towers_equal_the_grouped_twin_forward_and_every_gradient(device):
     grad = torch.randn_like(logits_ref)
     logits.backward(grad)
     logits_ref.backward(grad)
-    twin_layers = [m for m in [*twin.features, *twin.classifier] if isinstance(m, (nn.Conv2d, nn.Linear))]
-    names = [layer.name for layer in LAYERS]
-    for name, twin_layer in zip(names, twin_layers, strict=True):
-        halves = [getattr(tower, name) for tower in model.towers]
-        grad_weight = torch.cat([h.weight.grad for h in halves]).reshape(twin_layer.weight.shape)
-        assert_close(grad_weight, twin_layer.weight.grad, 1e-6, f"{name} weight gradient")
-        assert_close(torch.cat([h.bias.grad for h in halves]), twin_layer.bias.grad, 1e-6, f"{name} bias gradient")
+    for name, got, expected in twin_gradients(model, twin):
+        assert_close(got, expected, 1e-6, f"{name} gradient")
 
 
 def test_full_size_network_equals_twin_through_the_reference_backend():
@@ -143,6 +141,84 @@ assert err < 1e-5, err
     env = reference_backend_env()
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+
+
+def twin_gradients(model: at.AlexNet, twin: GroupedAlexNet):
+    """(name, towers' gradient as the twin's layer holds it, the twin's gradient) for every weight and bias."""
+    twin_layers = [m for m in [*twin.features, *twin.classifier] if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for layer, twin_layer in zip(LAYERS, twin_layers, strict=True):
+        halves = [getattr(tower, layer.name) for tower in model.towers]
+        grad_weight = torch.cat([h.weight.grad for h in halves]).reshape(twin_layer.weight.shape)
+        yield f"{layer.name} weight", grad_weight, twin_layer.weight.grad
+        yield f"{layer.name} bias", torch.cat([h.bias.grad for h in halves]), twin_layer.bias.grad
+
+
+def test_the_papers_227_network_equals_the_twin_forward_and_every_gradient(monkeypatch):
+    # At 227 fc6 is a 6x6 kernel over pool5's 6x6 map (at SMALL, a 1x1 over 1x1): its weight's (c, h, w) order
+    # against the twin's flattened nn.Linear, and every layer's shapes as the paper has them, in backward too. Too
+    # slow for the interpreter: the ops run through reference.py (as a CPU without TRITON_INTERPRET runs them), in
+    # float64 end to end, so that what differs is the wiring (towers, exchanges, flattening), not rounding.
+    monkeypatch.setattr(_common, "INTERPRET", False)
+    model = at.AlexNet().eval()  # eval: dropout is the identity in both
+    twin = GroupedAlexNet.from_towers(model).double().eval()
+    model.double()
+    assert at.backend(next(model.parameters())) == "torch"
+    assert [shape.kernel for shape in layer_shapes()][5] == 6 and model.towers[0].fc6.weight.shape == (2048, 256, 6, 6)
+    images = torch.randn(2, 3, 227, 227, dtype=torch.float64)
+    logits, logits_ref = model(images), twin(images)
+    assert logits.shape == (2, 1000)
+    assert_close(logits, logits_ref, TOLERANCE[torch.float64], "logits")
+    grad = torch.randn_like(logits_ref)
+    logits.backward(grad)
+    logits_ref.backward(grad)
+    for name, got, expected in twin_gradients(model, twin):
+        assert_close(got, expected, TOLERANCE[torch.float64], f"{name} gradient")
+
+
+def fc6_like(memory_format) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three images of 32 channels on a 6x6 map, and 40 kernels of 6x6 covering it (fc6 at 227 in small)."""
+    x = torch.randn(3, 32, 6, 6).contiguous(memory_format=memory_format)
+    weight = (torch.randn(40, 32, 6, 6) / (32 * 6 * 6) ** 0.5).contiguous(memory_format=memory_format)
+    return x, weight, torch.randn(40)
+
+
+LAYOUTS = {"nchw": torch.contiguous_format, "channels-last": torch.channels_last}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_an_fc6_like_conv_covering_its_input_forward_and_every_gradient(layout, device):
+    # The kernels run a convolution whose kernel covers its input as a 1x1 convolution of the flattened input
+    # (kernels/conv.py and conv_grad.py, covers_input): forward, input gradient and weight gradient each take that
+    # path, with a batch of 3 whose outputs are 1x1 each. fp32 against float64 PyTorch.
+    assert covers_input((6, 6), (6, 6), (0, 0), 1)
+    x, weight, bias = (t.to(device) for t in fc6_like(LAYOUTS[layout]))
+    inputs = [t.requires_grad_() for t in (x, weight, bias)]
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    out, ref = at.conv2d_relu(*inputs), F.relu(F.conv2d(*inputs64))
+    assert out.shape == (3, 40, 1, 1)
+    tol = TOLERANCE[torch.float32]
+    assert_close(out, ref, tol, "output")
+    assert 0 < (ref > 0).sum() < ref.numel(), "some outputs pass ReLU, some do not"
+    grad = away_from_kink(torch.randn_like(ref), F.conv2d(*inputs64).detach(), tol)
+    grads = torch.autograd.grad(out, inputs, grad.float())
+    ref_grads = torch.autograd.grad(ref, inputs64, grad)
+    for name, got, expected in zip(("input", "weight", "bias"), grads, ref_grads, strict=True):
+        assert_close(got, expected, tol, f"{name} gradient")
+
+
+@pytest.mark.parametrize("grad_strides", ["channels-last", "nchw"])
+def test_the_weight_gradient_of_a_1x1_output_reads_each_image_of_the_batch(grad_strides, device):
+    # With 1x1 outputs, an NCHW gradient [3, 40, 1, 1] (strides 40, 1, 1, 1) counts as channels_last too, so the
+    # launcher keeps it as it is: image p's gradient sits at p * 40 whatever stride(3) says (1 here, 40 in the
+    # channels_last allocation). Reading the batch at stride(3) took the wrong values for images 2 and 3.
+    x, weight, _ = (t.to(device) for t in fc6_like(torch.contiguous_format))
+    masked = torch.randn(3, 40, 1, 1, device=device)
+    if grad_strides == "channels-last":  # as relu_grad allocates it (.contiguous would keep the NCHW strides)
+        masked = torch.empty_like(masked, memory_format=torch.channels_last).copy_(masked)
+    assert masked.stride() == ((40, 1, 40, 40) if grad_strides == "channels-last" else (40, 1, 1, 1))
+    got = conv_grad.conv_relu_weight_grad(masked, x, list(weight.shape), torch.contiguous_format, (1, 1), (0, 0), 1)
+    expected = torch.nn.grad.conv2d_weight(x.double(), weight.shape, masked.double())
+    assert_close(got, expected, TOLERANCE[torch.float32], "weight gradient")
 
 
 def test_two_cpu_towers_compute_what_one_device_does():

@@ -169,8 +169,17 @@ def test_missing_and_foreign_checkpoints_are_refused_naming_the_file(trained, ca
         assert out == "" and err.startswith(f"error: checkpoint {name!r}") and message in err, err
 
 
-def test_bad_options_are_refused():
-    with pytest.raises(SystemExit):
-        predict.parse_args(["a.png", "--checkpoint", "x.pt", "--top", "0"])
-    with pytest.raises(SystemExit):
-        predict.parse_args(["a.png"])  # --checkpoint is required
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["a.png", "--checkpoint", "x.pt", "--top", "0"], "error: --top must be positive, got 0"),
+        (["a.png"], "error: the following arguments are required: --checkpoint"),
+    ],
+    ids=["top-0", "no-checkpoint"],
+)
+def test_bad_options_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        predict.parse_args(argv)
+    assert exit.value.code == 2  # argparse's usage error
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: ") and err.splitlines()[-1].endswith(message), err

@@ -1,5 +1,6 @@
 """python -m alexnet_triton.prepare: an ImageFolder tree into a store, resumable, skipping what it cannot read."""
 
+import contextlib
 import json
 import os
 import signal
@@ -39,6 +40,40 @@ def manifest_without_timing(root) -> dict:
     manifest = store.read_manifest(root)
     del manifest["last_run"]
     return manifest
+
+
+def strip_timing(manifest: dict) -> dict:
+    return {key: value for key, value in manifest.items() if key != "last_run"}
+
+
+def all_images(root) -> list[str]:
+    return sorted(path for split in store.SPLITS for path, _ in data.list_image_folder(os.path.join(root, split))[1])
+
+
+def images_to_do(root, out) -> list[str]:
+    """The paths of the images a store's status arrays still mark to do, sorted."""
+    plan = json.loads((out / store.PLAN).read_text())
+    return sorted(
+        os.path.join(root, plan["splits"][split]["files"][slot])
+        for split in store.SPLITS
+        for slot in np.flatnonzero(np.load(store.split_file(out, split, "status")) == store.TODO)
+    )
+
+
+@contextlib.contextmanager
+def images_decoded(monkeypatch):
+    """The paths prepare decodes while the block runs (in this process: workers=0)."""
+    load_image, decoded = prepare.load_image, []
+
+    def counting(path, side):
+        decoded.append(path)
+        return load_image(path, side)
+
+    monkeypatch.setattr(prepare, "load_image", counting)
+    try:
+        yield decoded
+    finally:
+        monkeypatch.setattr(prepare, "load_image", load_image)
 
 
 @pytest.fixture
@@ -124,12 +159,36 @@ def test_interrupted_then_rerun_gives_the_store_of_an_uninterrupted_run(tree, tm
     assert (status != store.TODO).sum() == 8, "two whole chunks were done before the interruption"
 
     monkeypatch.setattr(prepare, "load_image", load_image)
-    calls.clear()
-    prepare.prepare(str(root), str(part), side=SIDE, workers=0)
+    todo = images_to_do(root, part)
+    assert len(todo) == len(all_images(root)) - 8
+    with images_decoded(monkeypatch) as rerun:
+        prepare.prepare(str(root), str(part), side=SIDE, workers=0)
+    assert sorted(rerun) == todo, "the rerun decodes the images not done before, and only those"
     whole_arrays, part_arrays = arrays(whole), arrays(part)
     for name in whole_arrays:
         assert np.array_equal(whole_arrays[name], part_arrays[name]), name
     assert manifest_without_timing(whole) == manifest_without_timing(part)
+
+    with images_decoded(monkeypatch) as again:
+        assert manifest_without_timing(whole) == strip_timing(prepare.prepare(str(root), str(part), side=SIDE))
+    assert again == [], "a complete store is not prepared again"
+
+
+def test_interrupted_after_the_last_image_a_rerun_decodes_nothing(tree, tmp_path, monkeypatch):
+    # Every image done and flushed, the manifest not yet written: the rerun only writes the manifest.
+    root, _ = tree
+    whole, out = tmp_path / "whole", tmp_path / "store"
+    prepare.prepare(str(root), str(whole), side=SIDE, workers=0)
+    finish = prepare.finish
+    monkeypatch.setattr(prepare, "finish", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare(str(root), str(out), side=SIDE, workers=0)
+    monkeypatch.setattr(prepare, "finish", finish)
+    assert not (out / store.MANIFEST).exists() and images_to_do(root, out) == []
+    with images_decoded(monkeypatch) as rerun:
+        prepare.prepare(str(root), str(out), side=SIDE, workers=0)
+    assert rerun == []
+    assert manifest_without_timing(whole) == manifest_without_timing(out)
 
 
 def test_worker_processes_write_the_same_store(tree, tmp_path):
@@ -194,7 +253,7 @@ prepare.prepare(sys.argv[1], sys.argv[2], side=16, workers=0)
 """
 
 
-def test_killed_mid_way_then_rerun_gives_the_store_of_an_uninterrupted_run(tmp_path):
+def test_killed_mid_way_then_rerun_gives_the_store_of_an_uninterrupted_run(tmp_path, monkeypatch):
     root, whole, part = tmp_path / "images", tmp_path / "whole", tmp_path / "part"
     write_tree(root, per_class=120, awkward=False)
     prepare.prepare(str(root), str(whole), side=16, workers=0)
@@ -208,7 +267,11 @@ def test_killed_mid_way_then_rerun_gives_the_store_of_an_uninterrupted_run(tmp_p
     process.wait()
     done = (np.load(status_path) != store.TODO).sum()
     assert 0 < done < 240 and not (part / store.MANIFEST).exists()
-    prepare.prepare(str(root), str(part), side=16, workers=0)
+    todo = images_to_do(root, part)
+    assert len(todo) == len(all_images(root)) - done
+    with images_decoded(monkeypatch) as rerun:
+        prepare.prepare(str(root), str(part), side=16, workers=0)
+    assert sorted(rerun) == todo, "the rerun decodes the images not done before, and only those"
     whole_arrays, part_arrays = arrays(whole), arrays(part)
     for name in whole_arrays:
         assert np.array_equal(whole_arrays[name], part_arrays[name]), name

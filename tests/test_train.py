@@ -207,7 +207,16 @@ def test_bf16_autocast_trains_on_a_cpu(tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [json.loads(line) for line in (tmp_path / "runs" / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(row[key]) for key in ("train_loss", "val_loss", "val_top1_error"))
-    assert run_cli(*TINY, "--epochs", "1", "--amp", "fp16", cwd=tmp_path).returncode != 0  # refused on a CPU
+
+
+def test_fp16_autocast_is_refused_on_a_cpu_in_one_line(tmp_path):
+    result = run_cli(*TINY, "--epochs", "1", "--amp", "fp16", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]  # argparse's usage error, before anything runs
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].endswith(
+        "error: --amp fp16 needs a GPU (a CPU has no fast fp16, and no loss scaling runs there); use --amp bf16"
+    ), result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ round trip through a checkpoint that a resume relies on."""
 
 import torch
 
-from alexnet_triton import train_options
-from alexnet_triton.checkpoint import Position, TrainingCheckpoint
+from alexnet_triton import checkpoint, train_options
+from alexnet_triton.checkpoint import Position
 from alexnet_triton.training_state import TrainingState
 
 
@@ -39,18 +39,37 @@ def test_the_plateau_rule_still_divides_by_ten():
     assert rates == [0.01, 0.01, 0.01, 0.001, 0.001]
 
 
-def test_a_checkpoint_restores_what_was_saved():
+def test_a_checkpoint_restores_what_was_saved(tmp_path):
     state = small_state(final_lr_epochs=1)
     args = train_options.parse_args(["--epochs", "4"])
     state.position = Position(epoch=2, batches_done=5, global_step=131)
     state.best_top1_error, state.history = 0.25, [{"epoch": 1}, {"epoch": 2}]
+    for parameter in state.model.parameters():  # a step, so that every parameter has a momentum buffer
+        parameter.grad = torch.randn_like(parameter)
+    state.optimizer.step()
     learning_rates(state, [0.5, 0.4, 0.3], epochs=4)  # the drop after the third epoch
-    saved = TrainingCheckpoint.from_dict(state.to_checkpoint(args).to_dict(), "memory")
+    # An fp16 run's loss scaler, as on a GPU (a CPU run's is disabled, and its state empty).
+    state.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=7)
+    path = str(tmp_path / "last.pt")
+    checkpoint.save(state.to_checkpoint(args).to_dict(), path)
+    next_draws = torch.rand(8)  # what the run would have drawn next
+    saved = checkpoint.read(path)
 
+    torch.manual_seed(12345)  # another run's weights and generator
     again = small_state(final_lr_epochs=1)
-    again.restore(saved, "memory")
+    again.scaler = torch.amp.GradScaler("cpu")
+    again.restore(saved, path)
+    assert torch.equal(torch.rand(8), next_draws), "PyTorch's generator continues where it was saved"
     assert again.position == state.position and again.best_top1_error == 0.25 and again.history == state.history
     assert again.optimizer.param_groups[0]["lr"] == 0.001 == state.optimizer.param_groups[0]["lr"]
     assert again.scheduler.state_dict() == state.scheduler.state_dict()
+    assert again.scaler.state_dict() == state.scaler.state_dict() != torch.amp.GradScaler("cpu").state_dict()
     for name, value in state.model.state_dict().items():
         assert torch.equal(again.model.state_dict()[name], value), name
+    restored, original = again.optimizer.state_dict(), state.optimizer.state_dict()
+    assert restored["param_groups"] == original["param_groups"]
+    assert list(restored["state"]) == list(original["state"]) == list(range(len(list(state.model.parameters()))))
+    for index, buffers in original["state"].items():
+        assert torch.equal(restored["state"][index]["momentum_buffer"], buffers["momentum_buffer"]), index
+    for key, value in state.stats.items():  # the resume builds its state with the checkpoint's statistics
+        assert torch.equal(saved.stats[key], value), key
