@@ -1,7 +1,11 @@
 """at.dropout and at.nn.Dropout: F.dropout semantics, a mask regenerated from a seed, no mask stored."""
 
+import itertools
+
 import pytest
 import torch
+import triton
+from alexnet_triton.kernels import dropout as dropout_kernels
 from helpers import saved_tensors
 
 import alexnet_triton as at
@@ -60,6 +64,63 @@ def test_same_seed_same_mask_other_seed_other_mask(device):
     other = at.dropout(x, 0.5, seed=1235)
     assert torch.equal(first, again)
     assert not torch.equal(first != 0, other != 0)
+
+
+def launch_with_block(x: torch.Tensor, seed: int, p: float, block: int) -> torch.Tensor:
+    """The dropout kernel launched directly with BLOCK elements per program, whatever the launcher (the interpreter's
+    heuristic, a GPU's tuning) would choose, into a NaN-filled output."""
+    out = torch.full_like(x, float("nan"))
+    seed_tensor = torch.full((), seed, dtype=torch.int64, device=x.device)
+    grid = (triton.cdiv(x.numel(), block),)
+    dropout_kernels._dropout_kernel.fn[grid](x, out, seed_tensor, x.numel(), p, 1.0 / (1.0 - p), BLOCK=block)
+    return out
+
+
+# Block sizes a launch may run with: the interpreter's smallest, a few between, and a GPU config's.
+BLOCKS = [16, 32, 128, 1024]
+
+
+def test_the_mask_is_a_function_of_seed_and_position_whatever_the_block(device):
+    # Philox is keyed by the seed and each element's index, never by the program or its lane, so every tiling gives
+    # the launcher's mask bit for bit: a GPU's tuner may pick any block, and backward may tune apart from forward.
+    x = torch.randn(2 * 1024 + 5, device=device)  # a partial last program at every block
+    expected = at.dropout(x, 0.5, seed=77)
+    for block in BLOCKS:
+        out = launch_with_block(x, 77, 0.5, block)
+        assert not out.isnan().any(), f"BLOCK={block}: {out.isnan().sum().item()} elements never written"
+        assert torch.equal(out, expected), f"BLOCK={block}: differs from the launcher's at {(out != expected).sum()}"
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_blocks_draw_different_masks(block, device):
+    # A mask drawn from the lane index instead of the element index repeats in every block; each program's fraction
+    # dropped is still right, so only comparing blocks shows it. The seed is fixed, so this cannot flake.
+    blocks = 4
+    x = torch.randn(blocks * block + 5, device=device)
+    kept = (launch_with_block(x, 1234, 0.5, block) != 0)[: blocks * block].view(blocks, block)
+    for i, j in itertools.combinations(range(blocks), 2):
+        assert not torch.equal(kept[i], kept[j]), f"BLOCK={block}: blocks {i} and {j} draw the same mask"
+
+
+def test_the_launchers_mask_repeats_at_no_block_size(device):
+    # Whatever block the launcher runs with (the interpreter's heuristic up to 65,536, a GPU's 1,024 to 4,096), its
+    # mask has no power-of-two period: the first `period` elements never repeat as the next `period`.
+    n = 2**17 + 5
+    kept = at.dropout(torch.randn(n, device=device), 0.5, seed=2012) != 0
+    for log2 in range(4, 17):
+        period = 2**log2
+        assert not torch.equal(kept[:period], kept[period : 2 * period]), f"the mask repeats every {period} elements"
+
+
+def test_other_seeds_draw_other_masks_in_every_block(device):
+    # Seeds apart in the low word, in the high word (Philox takes both 32-bit halves), and at the top of the range:
+    # every 64-element stretch of their masks differs (a coincidence there has probability 2^-64).
+    x = torch.randn(64 * 64, device=device)
+    seeds = [0, 1, 2**32, 2**63 - 1]
+    masks = {seed: (at.dropout(x, 0.5, seed=seed) != 0).view(64, 64) for seed in seeds}
+    for a, b in itertools.combinations(seeds, 2):
+        same = (masks[a] == masks[b]).all(dim=1)
+        assert not same.any(), f"seeds {a} and {b} draw the same mask in stretches {same.nonzero().flatten().tolist()}"
 
 
 def test_torch_manual_seed_reproduces_and_calls_differ(device):

@@ -1,0 +1,512 @@
+"""Planted bugs (mutants) that the kernel tests must kill: a check the project owns on whether its tests see the bugs
+a GPU would expose (DESIGN.md, "Tests: how a check earns trust": a mutant that no test kills is a missing test).
+
+    python -m tests.mutation [--list] [--only NAME ...] [--fast] [--no-baseline] [--keep] [--timeout S]
+
+Each mutant is one realistic slip in a kernel (a block offset missing its scale, swapped tile ids, a split or a carry
+dropped, a window off by one, a mask that repeats per block), given as the exact original snippet, its replacement and
+the tests that must kill it. For each, the repository (git's tracked and untracked, not ignored, files) is copied to a
+temporary directory, with alexnet_triton/kernels a real copy of kernels/ (the package's kernels, as setuptools maps
+them), the replacement is applied there (a snippet not found exactly once is an error: mutants cannot silently rot),
+and `python -m pytest -q -x -p no:cacheprovider <its tests>` runs in the copy under Triton's interpreter on the CPU
+(TRITON_INTERPRET=1, no GPU visible, PYTHONPATH and the working directory the copy, whose modules are imported: checked
+once). Failing tests kill the mutant; passing ones let it survive. A baseline run of the same selections without any
+mutant comes first, since a kill by a test that fails anyway proves nothing.
+
+Prints a table and "N of M mutants killed in S s"; exits 1 if any mutant survives (or a run errs or times out).
+--fast runs one mutant per kernel file, for CI; --only runs the named ones; --list shows them and checks that every
+snippet is still found exactly once in the working tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The package's kernels: kernels/ in the repository, alexnet_triton.kernels once installed (pyproject's package-dir).
+KERNELS, PACKAGE_KERNELS = "kernels", "alexnet_triton/kernels"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository root
+    original: str  # exact text, found exactly once in file
+    replacement: str
+    tests: tuple[str, ...]  # pytest arguments: a test file and a -k expression (none matching is an error)
+    why: str  # what a GPU would do with it
+    fast: bool = False  # in --fast's subset (one per kernel file)
+
+
+# Each op's test file, less gradcheck (minutes of tiny float64 shapes under the interpreter, one tile each) and, for the
+# convolution, the AlexNet layer shapes (the slowest; the file's other shapes cover the same code past the first tile).
+CONV = ("tests/test_conv.py", "-k", "not gradcheck and not alexnet_layer")
+LRN = ("tests/test_lrn.py", "-k", "not gradcheck")
+POOL = ("tests/test_pool.py", "-k", "not gradcheck")
+LRN_POOL = ("tests/test_lrn_pool.py", "-k", "not gradcheck")
+DROPOUT = ("tests/test_dropout.py", "-k", "not gradcheck")
+AUGMENT = ("tests/test_augmentation.py",)
+
+MUTANTS = [
+    # ---- kernels/conv.py: the forward kernel (also the stride-1 input gradient and fc6/fc7) ----
+    Mutant(
+        "conv-fwd-row-block-unscaled",
+        "kernels/conv.py",
+        "    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)\n    mask_m = offs_m < M\n",
+        "    offs_m = pid_m + tl.arange(0, BLOCK_M)\n    mask_m = offs_m < M\n",
+        CONV,
+        "pixel tiles overlap the first and the rows past BLOCK_M + tiles - 1 are never written",
+        fast=True,
+    ),
+    Mutant(
+        "conv-fwd-swapped-tile-ids",
+        "kernels/conv.py",
+        "    pid_m = pid // num_n_tiles\n    pid_n = pid % num_n_tiles\n    group = tl.program_id(1)\n",
+        "    pid_m = pid % num_n_tiles\n    pid_n = pid // num_n_tiles\n    group = tl.program_id(1)\n",
+        CONV,
+        "programs compute the wrong (pixel, channel) tiles once there are several of each",
+    ),
+    Mutant(
+        "conv-fwd-split-restarts",
+        "kernels/conv.py",
+        "    first = split * per_split\n",
+        "    first = 0\n",
+        CONV,
+        "every split of fc6/fc7's reduction sums the first share again (splits run on a GPU with few output tiles)",
+    ),
+    Mutant(
+        "conv-fwd-channel-block-offset",
+        "kernels/conv.py",
+        "                a_ptrs + (kh * stride_x_h + kw * stride_x_w + c0 * stride_x_c),\n",
+        "                a_ptrs + (kh * stride_x_h + kw * stride_x_w),\n",
+        CONV,
+        "every channel block of a tap reads the input's first channels (AlexNet's 96-384 channels take several)",
+    ),
+    Mutant(
+        "conv-fwd-padding-right-edge",
+        "kernels/conv.py",
+        "in_image = (kh >= top) & (kh < bottom) & (kw >= left) & (kw < right)",
+        "in_image = (kh >= top) & (kh < bottom) & (kw >= left) & (kw <= right)",
+        CONV,
+        "a window past the right edge reads the next row's first pixel instead of padding",
+    ),
+    # ---- kernels/conv_grad.py: ReLU's mask, the weight gradient, the strided input gradient ----
+    Mutant(
+        "relu-grad-mask-at-zero",
+        "kernels/conv_grad.py",
+        "g = tl.where(y > 0, dy, tl.zeros_like(dy))",
+        "g = tl.where(y >= 0, dy, tl.zeros_like(dy))",
+        CONV,
+        "gradients flow through outputs ReLU clipped to 0",
+    ),
+    Mutant(
+        "relu-grad-chunk-restarts",
+        "kernels/conv_grad.py",
+        "    p_start = chunk * PIXELS_PER_PROGRAM\n",
+        "    p_start = 0\n",
+        CONV,
+        "every pixel chunk masks the first chunk again (a GPU runs 256 pixels per program)",
+    ),
+    Mutant(
+        "wgrad-dropped-row-carry",
+        "kernels/conv_grad.py",
+        "        oh += step_h + carry.to(tl.int32)\n",
+        "        oh += step_h\n",
+        CONV,
+        "a pixel lane that wraps past the row's end stays on its row: later trips read the wrong pixels",
+        fast=True,
+    ),
+    Mutant(
+        "wgrad-split-restarts",
+        "kernels/conv_grad.py",
+        "    p_start = split * PIXELS_PER_SPLIT\n",
+        "    p_start = 0\n",
+        CONV,
+        "every split of the weight gradient's pixels sums the first split again (a GPU splits up to 16 ways)",
+    ),
+    Mutant(
+        "wgrad-swapped-tile-ids",
+        "kernels/conv_grad.py",
+        "    pid_m = pid % num_m_tiles\n    pid_n = (pid // num_m_tiles) % num_n_tiles\n",
+        "    pid_m = pid % num_n_tiles\n    pid_n = (pid // num_n_tiles) % num_m_tiles\n",
+        CONV,
+        "each tile index is taken modulo the other's tile count: tiles are left undone where the two counts differ",
+    ),
+    Mutant(
+        "dgrad-gather-padding-sign",
+        "kernels/conv_grad.py",
+        "        th = ih[:, None] + pad_h - kh[None, :]\n",
+        "        th = ih[:, None] - pad_h - kh[None, :]\n",
+        CONV,
+        "a strided convolution's input gradient gathers from windows shifted by twice the padding",
+    ),
+    # ---- kernels/pool.py ----
+    Mutant(
+        "pool-fwd-block-unscaled",
+        "kernels/pool.py",
+        "    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)\n    mask = offs < TOTAL\n"
+        "    n, c, oh, ow = _unflatten(offs, C, OH, OW, CHANNELS_LAST)\n",
+        "    offs = tl.program_id(0).to(tl.int64) + tl.arange(0, BLOCK)\n    mask = offs < TOTAL\n"
+        "    n, c, oh, ow = _unflatten(offs, C, OH, OW, CHANNELS_LAST)\n",
+        POOL,
+        "programs overlap the first block and the outputs past it are never written",
+        fast=True,
+    ),
+    Mutant(
+        "pool-fwd-window-past-bottom",
+        "kernels/pool.py",
+        "            inside = mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)\n",
+        "            inside = mask & (ih >= 0) & (ih <= H) & (iw >= 0) & (iw < W)\n",
+        POOL,
+        "a window past the bottom edge takes the next channel's first row into its maximum",
+    ),
+    Mutant(
+        "pool-bwd-window-count-floor",
+        "kernels/pool.py",
+        "    for dh in tl.static_range((KH + SH - 1) // SH):\n",
+        "    for dh in tl.static_range(KH // SH):\n",
+        POOL,
+        "an input row in two overlapping windows receives the gradient of one (3x3 / stride 2: floor 1, ceil 2)",
+    ),
+    # ---- kernels/lrn.py ----
+    Mutant(
+        "lrn-pixel-block-unscaled",
+        "kernels/lrn.py",
+        "    offs = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)\n",
+        "    offs = tl.program_id(0).to(tl.int64) + tl.arange(0, BLOCK_S)\n",
+        LRN,
+        "pixel blocks overlap the first and the pixels past it are never normalized (LRN and the fused LRN+pool)",
+        fast=True,
+    ),
+    Mutant(
+        "lrn-fwd-window-halves-swapped",
+        "kernels/lrn.py",
+        "    HI: tl.constexpr = (SIZE - 1) // 2\n    mask, n, h, w = _pixel_block(P, H, W, BLOCK_S)\n"
+        "    x_pix = x_ptr + n * stride_x_n + h * stride_x_h + w * stride_x_w  # channel 0 of each pixel\n",
+        "    HI: tl.constexpr = SIZE // 2\n    mask, n, h, w = _pixel_block(P, H, W, BLOCK_S)\n"
+        "    x_pix = x_ptr + n * stride_x_n + h * stride_x_h + w * stride_x_w  # channel 0 of each pixel\n",
+        LRN,
+        "an even window sums one channel more after than before (PyTorch: size // 2 before, (size - 1) // 2 after)",
+    ),
+    Mutant(
+        "lrn-bwd-loop-one-short",
+        "kernels/lrn.py",
+        "    for e in range(0, C + SIZE - 1):\n",
+        "    for e in range(0, C + SIZE - 2):\n",
+        LRN,
+        "the last channel's input gradient is never written",
+    ),
+    # ---- kernels/lrn_pool.py ----
+    Mutant(
+        "lrn-pool-channel-block-unscaled",
+        "kernels/lrn_pool.py",
+        "    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)\n",
+        "    c = tl.program_id(1) + tl.arange(0, BLOCK_C)\n",
+        LRN_POOL,
+        "channel blocks overlap the first and the channels past it are never pooled (a GPU's blocks are 2-16 wide)",
+        fast=True,
+    ),
+    Mutant(
+        "lrn-pool-window-halves-swapped",
+        "kernels/lrn_pool.py",
+        "    LO: tl.constexpr = SIZE // 2\n",
+        "    LO: tl.constexpr = (SIZE - 1) // 2\n",
+        LRN_POOL,
+        "an even LRN window is centred one channel late in the fused forward",
+    ),
+    Mutant(
+        "lrn-pool-bwd-window-count-floor",
+        "kernels/lrn_pool.py",
+        "    DH: tl.constexpr = (KH + SH - 1) // SH\n",
+        "    DH: tl.constexpr = KH // SH\n",
+        LRN_POOL,
+        "a pixel in two overlapping windows (rows) gathers the pooled gradient of one",
+    ),
+    # ---- kernels/dropout.py ----
+    Mutant(
+        "dropout-mask-repeats-per-block",
+        "kernels/dropout.py",
+        "keep = tl.rand(seed, offs) >= p",
+        "keep = tl.rand(seed, tl.arange(0, BLOCK)) >= p",
+        DROPOUT,
+        "every block of 1,024-4,096 elements drops the same positions; each block's dropped fraction is still right",
+        fast=True,
+    ),
+    Mutant(
+        "dropout-block-unscaled",
+        "kernels/dropout.py",
+        "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)\n",
+        "    offs = tl.program_id(0) + tl.arange(0, BLOCK)\n",
+        DROPOUT,
+        "programs overlap the first block and the elements past it are never written",
+    ),
+    # ---- kernels/augment.py ----
+    Mutant(
+        "crop-flip-off-by-one",
+        "kernels/augment.py",
+        "    source_x = tl.where(flip != 0, size - 1 - x, x)\n",
+        "    source_x = tl.where(flip != 0, size - x, x)\n",
+        AUGMENT,
+        "a flipped crop is shifted one pixel: its first column comes from outside the box",
+    ),
+    Mutant(
+        "crop-block-unscaled",
+        "kernels/augment.py",
+        "    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)\n",
+        "    offs = tl.program_id(1) + tl.arange(0, BLOCK)\n",
+        AUGMENT,
+        "a crop's blocks overlap the first and the values past it are never written (a 227x227 crop is 38+ blocks)",
+        fast=True,
+    ),
+]
+
+
+class MutantError(RuntimeError):
+    """A mutant that cannot be applied: its snippet is not found exactly once (the kernel changed under it)."""
+
+
+def mutate(text: str, mutant: Mutant) -> str:
+    count = text.count(mutant.original)
+    if count != 1:
+        raise MutantError(
+            f"{mutant.name}: the original snippet occurs {count} times in {mutant.file} (expected once); "
+            f"update the mutant to the kernel as it is now:\n{mutant.original}"
+        )
+    if mutant.original == mutant.replacement:
+        raise MutantError(f"{mutant.name}: the replacement is the original")
+    return text.replace(mutant.original, mutant.replacement)
+
+
+def check_mutants(mutants: list[Mutant], root: Path = REPO) -> None:
+    """Every mutant applies to the tree at root, names a unique name, and its test files exist."""
+    names = [m.name for m in mutants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise MutantError(f"mutant names used twice: {duplicates}")
+    for mutant in mutants:
+        mutate((root / mutant.file).read_text(), mutant)
+        for arg in mutant.tests:
+            path = arg.split("::")[0]
+            if path.startswith("tests/") and not (root / path).is_file():
+                raise MutantError(f"{mutant.name}: no test file {path}")
+
+
+def repository_files(root: Path = REPO) -> list[str]:
+    """The files a copy needs: git's tracked and untracked-but-not-ignored files that exist, symbolic links left out
+    (alexnet_triton/kernels is one where it exists; the copy gets a real directory). Outside a git checkout (a copy of
+    the tree without .git), every file but git's, virtual environments, caches and build outputs."""
+    try:
+        listing = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root, capture_output=True, check=True, text=True,
+        ).stdout.split("\0")  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        skipped = {".git", "__pycache__", "build", "runs", ".pytest_cache", ".ruff_cache", ".benchmarks"}
+        listing = [
+            str(path.relative_to(root))
+            for path in root.rglob("*")
+            if not any(
+                part in skipped or part.startswith(".venv") or part.endswith(".egg-info")
+                for part in path.relative_to(root).parts
+            )
+        ]
+    files = []
+    for name in dict.fromkeys(listing):
+        path = root / name
+        if name and path.is_file() and not path.is_symlink() and PACKAGE_KERNELS + "/" not in name + "/":
+            files.append(name)
+    return files
+
+
+def snapshot(destination: Path, root: Path = REPO) -> Path:
+    """A copy of the repository's files at destination, taken once so that edits made while mutants run don't leak
+    into some of them."""
+    for name in repository_files(root):
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+    return destination
+
+
+def prepare(base: Path, destination: Path, mutant: Mutant | None) -> Path:
+    """A copy of the snapshot at destination with mutant applied, and alexnet_triton/kernels a real copy of its
+    kernels/ (after the mutation, so the package runs the mutated kernel)."""
+    shutil.copytree(base, destination)
+    if mutant is not None:
+        path = destination / mutant.file
+        path.write_text(mutate(path.read_text(), mutant))
+    package_kernels = destination / PACKAGE_KERNELS
+    if package_kernels.is_symlink() or package_kernels.is_file():
+        package_kernels.unlink()
+    elif package_kernels.exists():
+        shutil.rmtree(package_kernels)
+    shutil.copytree(destination / KERNELS, package_kernels)
+    if mutant is not None and mutant.file.startswith(KERNELS + "/"):
+        installed = package_kernels / mutant.file[len(KERNELS) + 1 :]
+        assert mutant.replacement in installed.read_text(), f"{mutant.name}: the package's copy is not mutated"
+    return destination
+
+
+def copy_environment(copy: Path) -> dict[str, str]:
+    """The environment of a run in copy: the interpreter on the CPU, the copy's modules first, no bytecode written
+    (a mutant of the same length in the same second must not reuse another's), no error log."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ALEXNET_TRITON_ERROR_LOG", "PYTEST_ADDOPTS")}
+    env |= {
+        "TRITON_INTERPRET": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(copy), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return env
+
+
+def check_imports(copy: Path) -> str:
+    """The files the copy's python imports alexnet_triton and its kernels from: inside the copy, the kernels from its
+    real directory (not the repository, nor an editable install's)."""
+    script = "import alexnet_triton, alexnet_triton.kernels.conv as k; print(alexnet_triton.__file__, k.__file__)"
+    env = copy_environment(copy)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=copy, env=env, capture_output=True, text=True, timeout=300
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the copy's package does not import:\n{result.stderr}")
+    package, kernel = (Path(name) for name in result.stdout.split())
+    expected_package, expected_kernel = copy / "alexnet_triton/__init__.py", copy / PACKAGE_KERNELS / "conv.py"
+    if package != expected_package or kernel != expected_kernel or kernel.resolve() != expected_kernel:
+        raise RuntimeError(
+            f"the copy imports alexnet_triton from {package} and its kernels from {kernel}, "
+            f"not {expected_package} and {expected_kernel}"
+        )
+    return f"{package}\n{kernel}"
+
+
+@dataclass
+class Outcome:
+    result: str  # killed, survived, error, timeout (and "passed"/"failed" for a baseline)
+    seconds: float
+    detail: str  # the first failing test, or why the run erred
+
+
+FAILED = re.compile(r"^(FAILED|ERROR) (\S+)", re.MULTILINE)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float, *, stop_at_first: bool = True) -> Outcome:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(["-x"] if stop_at_first else [])]
+    start = time.monotonic()
+    try:
+        result = subprocess.run(
+            [*command, *tests], cwd=copy, env=copy_environment(copy), capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return Outcome("timeout", time.monotonic() - start, f"still running after {timeout:g} s")
+    seconds = time.monotonic() - start
+    output = result.stdout + result.stderr
+    failed = FAILED.search(output)
+    if result.returncode == 0:
+        return Outcome("passed", seconds, "")
+    if result.returncode == 1:
+        return Outcome("failed", seconds, failed.group(2) if failed else "")
+    if result.returncode < 0:  # killed by a signal: a crash (on a GPU, an illegal address) is seen too
+        return Outcome("failed", seconds, f"crashed (signal {-result.returncode})")
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    return Outcome("error", seconds, f"pytest exit {result.returncode}: {tail}")
+
+
+def run(mutants: list[Mutant], *, baseline: bool, keep: bool, timeout: float, out=sys.stdout) -> int:
+    check_mutants(mutants)
+    start = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="alexnet-mutation-"))
+    try:
+        base = snapshot(work / "base")
+        clean = prepare(base, work / "clean", None)
+        print(f"the copies import from:\n{check_imports(clean)}", file=out, flush=True)
+        if baseline:
+            for tests in dict.fromkeys(m.tests for m in mutants):
+                outcome = run_tests(clean, tests, timeout, stop_at_first=False)
+                line = f"baseline {shlex.join(tests)}: {outcome.result} in {outcome.seconds:.0f} s"
+                print(line, file=out, flush=True)
+                if outcome.result != "passed":
+                    print(f"the tests do not pass without a mutant ({outcome.detail}): no kill would mean anything",
+                          file=out)  # fmt: skip
+                    return 2
+        rows = []
+        for mutant in mutants:
+            copy = prepare(base, work / mutant.name, mutant)
+            outcome = run_tests(copy, mutant.tests, timeout)
+            result = {"failed": "killed", "passed": "survived"}.get(outcome.result, outcome.result)
+            rows.append((mutant, result, outcome))
+            first_line = outcome.detail.splitlines()[0] if outcome.detail else ""
+            print(f"{mutant.name:34} {result:9} {outcome.seconds:6.1f} s  {first_line}", file=out, flush=True)
+            if not keep:
+                shutil.rmtree(copy, ignore_errors=True)
+        total = time.monotonic() - start
+        print(table(rows), file=out)
+        killed = sum(result == "killed" for _, result, _ in rows)
+        print(f"{killed} of {len(rows)} mutants killed in {total:.0f} s", file=out)
+        survivors = [m.name for m, result, _ in rows if result != "killed"]
+        if survivors:
+            print(f"not killed: {', '.join(survivors)}", file=out)
+        return 0 if not survivors else 1
+    finally:
+        if keep:
+            print(f"copies kept in {work}", file=out)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def table(rows) -> str:
+    lines = ["| mutant | file | tests | result | s | killed by |", "|---|---|---|---|---|---|"]
+    for mutant, result, outcome in rows:
+        by = outcome.detail.splitlines()[0] if outcome.detail and result == "killed" else ""
+        by = by.split("::", 1)[-1] if "::" in by else by
+        lines.append(
+            f"| {mutant.name} | {mutant.file} | {shlex.join(mutant.tests)} | {result} | {outcome.seconds:.0f} | {by} |"
+        )
+    return "\n".join(lines)
+
+
+def selected(args) -> list[Mutant]:
+    mutants = MUTANTS
+    if args.fast:
+        mutants = [m for m in mutants if m.fast]
+    if args.only:
+        known = {m.name for m in MUTANTS}
+        unknown = [name for name in args.only if name not in known]
+        if unknown:
+            raise SystemExit(f"no mutant named {', '.join(unknown)} (see --list)")
+        mutants = [m for m in mutants if m.name in args.only]
+    return mutants
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="list the mutants and check that each still applies")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run this mutant (repeatable)")
+    parser.add_argument("--fast", action="store_true", help="one mutant per kernel file (for CI)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the run of the selections without a mutant")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the copies (their directory is printed)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per pytest run (default 900)")
+    args = parser.parse_args(argv)
+    mutants = selected(args)
+    if args.list:
+        check_mutants(mutants)
+        for m in mutants:
+            print(f"{m.name:34} {m.file:22} {'fast' if m.fast else '':4} {shlex.join(m.tests)}\n    {m.why}")
+        print(f"{len(mutants)} mutants, each found exactly once in the working tree")
+        return 0
+    return run(mutants, baseline=args.baseline, keep=args.keep, timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

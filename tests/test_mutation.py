@@ -1,0 +1,87 @@
+"""tests/mutation.py's own checks, none of which runs a mutant's tests (python -m tests.mutation does): every mutant
+still applies to the kernels as they are, --fast covers every kernel file, and a copy runs its own mutated code."""
+
+import re
+from pathlib import Path
+
+import mutation
+import pytest
+from mutation import (
+    KERNELS,
+    MUTANTS,
+    PACKAGE_KERNELS,
+    REPO,
+    Mutant,
+    MutantError,
+    check_imports,
+    check_mutants,
+    main,
+    mutate,
+    prepare,
+    snapshot,
+)
+
+
+def test_every_mutant_applies_to_the_kernels_as_they_are():
+    # A kernel edit that moves a mutant's snippet fails here, in the ordinary suite, instead of leaving a mutant that
+    # silently tests nothing.
+    check_mutants(MUTANTS)
+    assert len(MUTANTS) >= 12
+
+
+def test_the_fast_subset_has_a_mutant_in_every_kernel_file():
+    kernel_files = {
+        f"{KERNELS}/{path.name}"
+        for path in (REPO / KERNELS).glob("*.py")
+        if re.search(r"^@triton\.jit\b", path.read_text(), re.MULTILINE)
+    }
+    fast = [m.file for m in MUTANTS if m.fast]
+    assert sorted(fast) == sorted(kernel_files), "one --fast mutant per kernel file"
+    assert all(m.file in kernel_files for m in MUTANTS)
+
+
+def test_a_snippet_found_other_than_once_is_an_error():
+    mutant = Mutant("m", "f.py", "a < b", "a <= b", ("tests/x.py",), "why")
+    assert mutate("x = a < b\n", mutant) == "x = a <= b\n"
+    for text, count in [("x = a <= b\n", 0), ("a < b; a < b\n", 2)]:
+        with pytest.raises(MutantError, match=f"occurs {count} times"):
+            mutate(text, mutant)
+    with pytest.raises(MutantError, match="is the original"):
+        mutate("a < b", Mutant("m", "f.py", "a < b", "a < b", (), "why"))
+
+
+def test_a_copy_runs_its_own_mutated_kernels(tmp_path):
+    mutant = next(m for m in MUTANTS if m.file == f"{KERNELS}/dropout.py")
+    base = snapshot(tmp_path / "base")
+    copy = prepare(base, tmp_path / "copy", mutant)
+    package_kernels = copy / PACKAGE_KERNELS
+    assert package_kernels.is_dir() and not package_kernels.is_symlink()
+    for path in (copy / mutant.file, package_kernels / Path(mutant.file).name):
+        text = path.read_text()
+        assert mutant.replacement in text and mutant.original not in text
+    assert mutant.original in (base / mutant.file).read_text(), "the snapshot stays unmutated"
+    package, kernel = check_imports(copy).splitlines()
+    assert package == str(copy / "alexnet_triton/__init__.py")
+    assert kernel == str(package_kernels / "conv.py")
+
+
+def test_a_tree_without_git_is_copied_alike(monkeypatch):
+    # The GPU machine's copy of the tree may come without .git: the walk takes the files git would list.
+    listed = set(mutation.repository_files())
+    run = mutation.subprocess.run
+
+    def no_git(command, **kwargs):
+        if command[0] == "git":
+            raise mutation.subprocess.CalledProcessError(128, command)
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(mutation.subprocess, "run", no_git)
+    walked = set(mutation.repository_files())
+    assert walked >= listed, sorted(listed - walked)
+    assert not [name for name in walked if name.startswith((".git/", ".venv")) or "__pycache__" in name]
+
+
+def test_list_names_every_mutant(capsys):
+    assert main(["--list"]) == 0
+    listed = re.findall(r"^(\S+)", capsys.readouterr().out, re.MULTILINE)
+    assert listed[: len(MUTANTS)] == [m.name for m in MUTANTS]
