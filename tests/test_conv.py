@@ -30,7 +30,8 @@ def check_conv2d_relu(x, w, b, stride, padding, groups, tol_key, *, grad_view=No
     assert out.dtype == x.dtype
     assert_close(out, ref, TOLERANCE[tol_key], "output")
 
-    grad = away_from_kink(torch.randn_like(ref), pre.detach(), tol)
+    # Rounded to the tested dtype first: the kernel and the reference then differentiate the same incoming gradient.
+    grad = away_from_kink(torch.randn_like(ref), pre.detach(), tol).to(x.dtype).double()
     grad_in = grad.to(out.dtype)
     if grad_view is not None:
         grad_in = grad_view(grad_in)
@@ -428,7 +429,8 @@ def test_torch_compile_sees_one_op(memory_format, tf32, allow_tf32):
     pre = F.conv2d(x64, w64, b64, padding=1)
     ref = F.relu(pre)
     tol = TOLERANCE["tf32" if tf32 else torch.float32]
-    grad = away_from_kink(torch.randn_like(ref), pre.detach(), tol)
+    # Rounded to the tested dtype first: the kernel and the reference then differentiate the same incoming gradient.
+    grad = away_from_kink(torch.randn_like(ref), pre.detach(), tol).to(x.dtype).double()
     out.backward(grad.float())
     ref.backward(grad)
     assert_close(out, ref, tol, "compiled output")
