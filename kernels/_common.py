@@ -105,14 +105,9 @@ class launcher:  # noqa: N801 (used as launcher(kernel)[grid](...), like the ker
 
         def launch(*args, **kwargs):
             device = next(arg.device for arg in args if isinstance(arg, torch.Tensor))
-            saved = getattr(_pending, "make", None)
-            _pending.make = self.expect
-            try:
-                with device_guard(device):
-                    target = self.kernel if INTERPRET else wrap_triton(self.kernel)
-                    return target[within_limits](*args, **kwargs)
-            finally:
-                _pending.make = saved
+            with device_guard(device), expecting(self.expect):
+                target = self.kernel if INTERPRET else wrap_triton(self.kernel)
+                return target[within_limits](*args, **kwargs)
 
         return launch
 

@@ -196,8 +196,6 @@ class CheckedAutotuner(triton.runtime.Autotuner):
         self.write_disk_cache(key, candidates, best, named)
         return best
 
-
-
     def time(self, config: triton.Config, args: tuple, kwargs: dict) -> list[float]:
         """Median, 20th and 80th percentile milliseconds; infinite for a config that does not fit the GPU."""
 
@@ -278,7 +276,7 @@ class CheckedAutotuner(triton.runtime.Autotuner):
 class Check:
     """Runs candidates once on the tuning inputs and judges their outputs against the launch's expectation.
 
-    The expectation is computed once per tuning (the first time a candidate is judged). A launch without one
+    The expectation is made once per tuning, when the Check is (before the first candidate runs). A launch without one
     (a test's kernel, or a caller outside this package) has its candidates compared with the first candidate's
     outputs instead, bit for bit where they are integers and within the rounding of their dtype otherwise."""
 

@@ -335,12 +335,13 @@ def conv_relu_input_grad(
     def grid(meta):
         return (triton.cdiv(gemm_m, meta["BLOCK_M"]) * triton.cdiv(C_in_g, meta["BLOCK_N"]), groups)
 
+    tf32 = _common.use_tf32(masked.dtype)
+
     def expect():
         return expected.conv_input_grad(
             masked, weight, input_shape, stride, padding, groups, tf32=tf32, out_dtype=dx.dtype, results=lambda: [dx]
         )
 
-    tf32 = _common.use_tf32(masked.dtype)
     _common.launcher(_conv_dgrad_gather_kernel, expect)[grid](
         masked, weight, dx,
         gemm_m, C_in_g, gemm_k, C_out_g, H, W, OH, OW, KW,

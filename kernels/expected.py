@@ -92,22 +92,28 @@ class Whole:
         return problem
 
 
+def batch_slices(rows: int, per_row: int):
+    """Slices of a batch of `rows` images, each holding at most REFERENCE_ELEMENTS of `per_row` per image (one image
+    at least)."""
+    step = max(1, REFERENCE_ELEMENTS // max(per_row, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
 class PerImage:
     """One output whose images (first dimension) are independent: reference(rows, got[rows]) -> (what to compare,
     value, allowance) for a slice of rows at a time."""
 
     def __init__(self, name: str, reference, rows: int, per_row: int, norm_tolerance: float | None = None):
-        self.name, self.reference, self.rows, self.norm_tolerance = name, reference, rows, norm_tolerance
-        self.step = max(1, REFERENCE_ELEMENTS // max(per_row, 1))
+        self.name, self.reference, self.norm_tolerance = name, reference, norm_tolerance
+        self.slices = batch_slices(rows, per_row)
 
     def judge(self, got: torch.Tensor) -> str | None:
         norm = Norm()
-        for start in range(0, self.rows, self.step):
-            rows = slice(start, min(start + self.step, self.rows))
+        for rows in self.slices:
             compared, value, allowance = self.reference(rows, got[rows])
             problem = compare(compared, value, allowance, self.name)
             if problem:
-                return problem.replace(" at (", f" at (image {start} +", 1) if start else problem
+                return problem.replace(" at (", f" at (image {rows.start} +", 1) if rows.start else problem
             norm.add(compared, value)
         return norm.problem(self.norm_tolerance, self.name)
 
@@ -182,9 +188,8 @@ def conv_weight_grad(x, masked, weight_shape, stride, padding, groups, *, tf32: 
     """The weight gradient, [C_out, C_in_g, KH, KW], of a convolution of x that produced the masked gradient: summed
     over slices of the batch in float64."""
     value = magnitude = 0.0
-    step = max(1, REFERENCE_ELEMENTS // max(_per_image(x) + _per_image(masked), 1))
-    for start in range(0, x.shape[0], step):
-        x64, g64 = _f64(x[start : start + step]), _f64(masked[start : start + step])
+    for rows in batch_slices(x.shape[0], _per_image(x) + _per_image(masked)):
+        x64, g64 = _f64(x[rows]), _f64(masked[rows])
         value = value + nn_grad.conv2d_weight(x64, weight_shape, g64, stride, padding, groups=groups)
         magnitude = magnitude + nn_grad.conv2d_weight(
             x64.abs(), weight_shape, g64.abs(), stride, padding, groups=groups
@@ -220,9 +225,7 @@ def relu_grad(grad_out, out, with_bias: bool, *, results) -> Within:
     checks = [PerImage("masked gradient", masked, out.shape[0], 2 * _per_image(out))]
     if with_bias:
         db = magnitude = 0.0
-        step = max(1, REFERENCE_ELEMENTS // max(_per_image(out), 1))
-        for start in range(0, out.shape[0], step):
-            rows = slice(start, start + step)
+        for rows in batch_slices(out.shape[0], _per_image(out)):
             kept = torch.where(out[rows] > 0, _f64(grad_out[rows]), 0.0)
             db, magnitude = db + kept.sum((0, 2, 3)), magnitude + kept.abs().sum((0, 2, 3))
         terms = out.shape[0] * out.shape[2] * out.shape[3]
