@@ -152,11 +152,12 @@ class StoredImages(Dataset):
 
 class TrainingDraws(StoredImages):
     """(image (S, S, 3) uint8, box (top, left, flip) int32, lighting shift (3,) float32, label): what
-    TrainingCrops would draw for the same (seed, epoch, index), left for crop_on_device to apply."""
+    TrainingCrops would draw for the same (seed, epoch, index) from the image rescaled to resize x resize
+    (resize S: as stored), left for crop_on_device to apply."""
 
-    def __init__(self, split, image_size: int, stats: dict, seed: int):
+    def __init__(self, split, image_size: int, stats: dict, seed: int, resize: int):
         super().__init__(split)
-        self.image_size, self.stats, self.seed = image_size, stats, seed
+        self.image_size, self.stats, self.seed, self.resize = image_size, stats, seed, resize
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -165,7 +166,7 @@ class TrainingDraws(StoredImages):
     def __getitem__(self, index: int):
         image, label = super().__getitem__(index)
         generator = sample_generator(self.seed, self.epoch, index)
-        top, left, flip, shift = draw_training_crop(image.shape[0], self.image_size, self.stats, generator)
+        top, left, flip, shift = draw_training_crop(self.resize, self.image_size, self.stats, generator)
         return image, torch.tensor([top, left, int(flip)], dtype=torch.int32), shift, label
 
 
@@ -198,21 +199,27 @@ def crop_on_device(
     image_size: int,
     *,
     shift: torch.Tensor | None = None,
+    resize: int | None = None,
     dtype: torch.dtype = torch.float32,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
-    """(M, 3, image_size, image_size) normalized crops of uint8 images (N, S, S, 3), one per box row
-    (sample, top, left, flip) of boxes (M, 4), in one kernel on the images' device; shift (M, 3) is each
-    crop's lighting change in 0-255 units (none for evaluation). Equal to train_transform / eval_transform /
-    ten_crops for the same draws, to fp32 rounding."""
+    """(M, 3, image_size, image_size) normalized crops of uint8 images (N, S, S, 3) rescaled to R x R (resize R,
+    at most S; None: as they are, R = S), one per box row (sample, top, left, flip) of boxes (M, 4) in R x R
+    coordinates, in one kernel on the images' device; shift (M, 3) is each crop's lighting change in 0-255
+    units (none for evaluation). Equal to train_transform / eval_transform / ten_crops of the images rescaled
+    as store.StoreDataset rescales them, for the same draws: to fp32 rounding, and (when rescaling) a grey level
+    on the rare pixels where PyTorch's fixed-point uint8 resize rounds a half the other way."""
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[3] != 3:
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be uint8 (N, S, S, 3) (height, width, RGB), got {got}")
     side = images.shape[1]
     if images.shape[2] != side:
         raise ValueError(f"images must be square, got {tuple(images.shape[1:3])}")
-    if not 1 <= image_size <= side:
-        raise ValueError(f"image_size must be in [1, {side}] for {side}x{side} images, got {image_size}")
+    resize = side if resize is None else resize
+    if not 1 <= resize <= side:
+        raise ValueError(f"resize must be in [1, {side}] for {side}x{side} images (they are only shrunk), got {resize}")
+    if not 1 <= image_size <= resize:
+        raise ValueError(f"image_size must be in [1, {resize}] for {resize}x{resize} images, got {image_size}")
     if boxes.dim() != 2 or boxes.shape[1] != augment_kernel.BOX_COLUMNS or boxes.device != images.device:
         raise ValueError(f"boxes must be (M, 4) on {images.device}, got {tuple(boxes.shape)} on {boxes.device}")
     if shift is None:
@@ -230,5 +237,5 @@ def crop_on_device(
     mean, scale = (stats[key].to(images.device, torch.float32) for key in ("mean", "scale"))
     return augment_kernel.crop_normalize(
         images, boxes.to(torch.int32).contiguous(), shift.to(torch.float32).contiguous(), mean, scale,
-        image_size, dtype, memory_format,
+        image_size, dtype, memory_format, resize,
     )  # fmt: skip

@@ -111,10 +111,18 @@ class TrainingCheckpoint:
     classes: list[str]
     args: dict  # the whole command line (vars(args)); its Recipe part is what a resume restores
     format: int = field(default=FORMAT)
+    # What the images were cut from (data.image_source): {"resize": side, "store_side": a store's side or None};
+    # empty in checkpoints saved before it was kept, whose runs used data.resize_size(image_size).
+    images: dict = field(default_factory=dict)
 
     @property
     def recipe(self) -> Recipe:
         return Recipe.from_args(self.args)
+
+    @property
+    def resize(self) -> int | None:
+        """The side the run's images were rescaled to before cropping (None for checkpoints that predate it)."""
+        return self.images.get("resize")
 
     def to_dict(self) -> dict:
         """The on-disk form: plain containers only (no dataclasses, which weights_only refuses)."""
@@ -124,12 +132,13 @@ class TrainingCheckpoint:
 
     @classmethod
     def from_dict(cls, state: dict, path: str) -> "TrainingCheckpoint":
-        missing = [f.name for f in fields(cls) if f.name not in state]
+        required = [f for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [f.name for f in required if f.name not in state]
         if missing:
             raise CheckpointError(f"checkpoint {path!r} is not an alexnet_triton training checkpoint (no {missing})")
         if state["format"] > FORMAT:
             raise CheckpointError(f"checkpoint {path!r} has format {state['format']}; this version reads {FORMAT}")
-        values = {f.name: state[f.name] for f in fields(cls)}
+        values = {f.name: state[f.name] for f in fields(cls) if f.name in state}
         values["position"], values["config"] = Position(**state["position"]), ModelConfig(**state["config"])
         return cls(**values)
 

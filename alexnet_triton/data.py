@@ -92,11 +92,11 @@ class ShapesDataset(Dataset):
     train and val splits come from different seeds, so the held-out images are new ones.
     """
 
-    def __init__(self, split: str, size: int, image_size: int, seed: int = 0):
+    def __init__(self, split: str, size: int, image_size: int, seed: int = 0, side: int | None = None):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         self.classes = list(SHAPES)
-        self.side = resize_size(image_size)
+        self.side = resize_size(image_size) if side is None else side
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])
         labels = np.arange(size) % len(SHAPES)
         rng.shuffle(labels)
@@ -142,16 +142,16 @@ def rescale_and_crop(image: Image.Image, side: int) -> torch.Tensor:
 
 class ImageFolderDataset(Dataset):
     """An ImageFolder tree (root/<class>/<image>), each image rescaled so its shorter side is S and
-    center-cropped to S x S (section 2), S = resize_size(image_size).
+    center-cropped to S x S (section 2), S = side or resize_size(image_size).
 
     An image that cannot be read is skipped with a warning naming the file: the next image in the
     folder takes its place, so one bad file does not stop a long run. A folder that is missing,
     empty or has no class subfolders stops the run with a message naming it.
     """
 
-    def __init__(self, root: str, image_size: int):
+    def __init__(self, root: str, image_size: int, side: int | None = None):
         self.classes, self.samples = list_image_folder(root)
-        self.side = resize_size(image_size)
+        self.side = resize_size(image_size) if side is None else side
         self.labels = torch.tensor([label for _, label in self.samples])
 
     def __len__(self) -> int:
@@ -177,24 +177,39 @@ class ImageFolderDataset(Dataset):
 
 
 def load_datasets(
-    root: str | None, image_size: int, train_size: int, val_size: int, seed: int
+    root: str | None, image_size: int, train_size: int, val_size: int, seed: int, resize: int | None = None
 ) -> tuple[Dataset, Dataset, list[str]]:
-    """(train, val, class names), the raw images before augmentation: a prepared store's splits (see
-    store.py), an ImageFolder tree's train/ and val/, or (root None) the built-in shapes of train_size
-    and val_size images drawn from seed."""
+    """(train, val, class names), the raw images before augmentation, each resize x resize (default
+    resize_size(image_size); a checkpoint gives the one it was trained with): a prepared store's splits (see
+    store.py; the store's images rescaled as an image folder's files are), an ImageFolder tree's train/ and
+    val/, or (root None) the built-in shapes of train_size and val_size images drawn from seed. A store whose
+    images are smaller than resize is refused, naming the `prepare --side` that fits."""
+    resize = resize_size(image_size) if resize is None else resize
+    if not image_size <= resize:
+        raise ValueError(f"the images ({resize}x{resize}) must be at least as large as --image-size {image_size}")
     if root is None:
-        train = ShapesDataset("train", train_size, image_size, seed=seed)
-        val = ShapesDataset("val", val_size, image_size, seed=seed)
+        train = ShapesDataset("train", train_size, image_size, seed=seed, side=resize)
+        val = ShapesDataset("val", val_size, image_size, seed=seed, side=resize)
     elif store.is_store(root):
-        train, val = store.StoreDataset(root, "train"), store.StoreDataset(root, "val")
-        if image_size > train.side:
-            raise ValueError(f"--image-size {image_size} is larger than the store's {train.side}x{train.side} images")
+        side = store.read_manifest(root)["side"]
+        if side < resize:
+            raise store.StoreError(
+                f"the store {root} holds {side}x{side} images; --image-size {image_size} crops from {resize}x{resize} "
+                f"ones (as from an image folder): prepare it again with `prepare --side {resize}` (or more)"
+            )
+        train, val = store.StoreDataset(root, "train", resize), store.StoreDataset(root, "val", resize)
     else:
-        train = ImageFolderDataset(os.path.join(root, "train"), image_size)
-        val = ImageFolderDataset(os.path.join(root, "val"), image_size)
+        train = ImageFolderDataset(os.path.join(root, "train"), image_size, side=resize)
+        val = ImageFolderDataset(os.path.join(root, "val"), image_size, side=resize)
         if val.classes != train.classes:
             raise ValueError(f"{root}/val has classes {val.classes[:5]}... unlike train's {train.classes[:5]}...")
     return train, val, train.classes
+
+
+def image_source(dataset: Dataset) -> dict:
+    """What a run's images were cut from, for its checkpoint: their side ("resize") and, for a prepared store,
+    the side it holds ("store_side", else None)."""
+    return {"resize": dataset.side, "store_side": getattr(dataset, "stored_side", None)}
 
 
 class SkipFirst(Sampler):

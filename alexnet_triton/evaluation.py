@@ -60,7 +60,7 @@ def evaluate_checkpoint(args: argparse.Namespace, runtime: Runtime) -> dict:
         for key in ("seed", "train_size", "val_size"):
             setattr(args, key, state.args[key])
     image_size = state.config.image_size
-    _, val, classes = data.load_datasets(args.data, image_size, args.train_size, args.val_size, args.seed)
+    _, val, classes = data.load_datasets(args.data, image_size, args.train_size, args.val_size, args.seed, state.resize)
     state.check_classes(len(classes), args.evaluate)
     model = build_model(state.config, runtime.device, args.devices)
     model.load_state_dict(state.model)

@@ -132,7 +132,7 @@ def draw_for_checkpoint(path: str, data_root: str | None, device: torch.device, 
     if data_root is None:
         train_size, val_size = saved.args["train_size"], saved.args["val_size"]
     image_size = saved.config.image_size
-    train_set, val_set, classes = data.load_datasets(data_root, image_size, train_size, val_size, seed)
+    train_set, val_set, classes = data.load_datasets(data_root, image_size, train_size, val_size, seed, saved.resize)
     saved.check_classes(len(classes), path)
     model = build_model(saved.config, device, devices)
     model.load_state_dict(saved.model)

@@ -34,20 +34,23 @@ class CpuPipeline:
 
 
 class GpuPipeline:
-    """Workers ship a store's uint8 images and the draws; augmentation.crop_on_device makes the crops."""
+    """Workers ship a store's uint8 images and the draws; augmentation.crop_on_device rescales them to the
+    datasets' side, as the CPU path's StoreDataset does, and makes the crops."""
 
     on_device = True
 
     def __init__(self, train: store.StoreDataset, val: store.StoreDataset, image_size: int, stats: dict, seed: int,
                  ten_crop: bool = False):  # fmt: skip
-        self.training = augmentation.TrainingDraws(train.store, image_size, stats, seed)
+        if train.side != val.side:
+            raise ValueError(f"the training images are {train.side} pixels wide, the held-out ones {val.side}")
+        self.training = augmentation.TrainingDraws(train.store, image_size, stats, seed, train.side)
         self.evaluation = augmentation.StoredImages(val.store)
-        self.image_size, self.stats, self.ten_crop = image_size, stats, ten_crop
+        self.image_size, self.stats, self.ten_crop, self.side = image_size, stats, ten_crop, val.side
 
     def _crops(self, images, boxes, device, channels_last, shift=None):
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return augmentation.crop_on_device(
-            images, boxes, self.stats, self.image_size, shift=shift, memory_format=memory_format
+            images, boxes, self.stats, self.image_size, shift=shift, resize=self.side, memory_format=memory_format
         )
 
     def training_batch(self, batch, device: torch.device, channels_last: bool):
@@ -57,8 +60,8 @@ class GpuPipeline:
 
     def evaluation_batch(self, batch, device: torch.device, channels_last: bool):
         images, labels = (t.to(device, non_blocking=True) for t in batch)
-        count, side = images.shape[:2]
-        boxes = augmentation.evaluation_boxes(count, side, self.image_size, self.ten_crop, device)
+        count = images.shape[0]
+        boxes = augmentation.evaluation_boxes(count, self.side, self.image_size, self.ten_crop, device)
         crops = self._crops(images, boxes, device, channels_last)
         return (crops.unflatten(0, (count, 10)) if self.ten_crop else crops), labels
 

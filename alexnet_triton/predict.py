@@ -69,13 +69,14 @@ def load_network(path: str, device: torch.device) -> tuple[torch.nn.Module, chec
     return model.eval(), saved
 
 
-def decode(path: str, image_size: int) -> torch.Tensor:
-    """(3, S, S) float in [0, 255], decoded as the trainer decodes, S = data.resize_size(image_size); ImageError
-    naming the file when it cannot be read or is smaller than the crop."""
+def decode(path: str, image_size: int, resize: int | None = None) -> torch.Tensor:
+    """(3, S, S) float in [0, 255], decoded as the trainer decodes, S = resize (the run's; by default
+    data.resize_size(image_size)); ImageError naming the file when it cannot be read or is smaller than the crop."""
+    resize = data.resize_size(image_size) if resize is None else resize
     try:
         with Image.open(path) as image:
             if min(image.size) >= image_size:
-                return data.rescale_and_crop(image, data.resize_size(image_size)).float()
+                return data.rescale_and_crop(image, resize).float()
             width, height = image.size
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         raise ImageError(f"{path}: cannot be read as an image ({error})") from None
@@ -85,10 +86,10 @@ def decode(path: str, image_size: int) -> torch.Tensor:
     )
 
 
-def network_input(path: str, image_size: int, stats: dict, ten_crop: bool) -> torch.Tensor:
+def network_input(path: str, image_size: int, stats: dict, ten_crop: bool, resize: int | None = None) -> torch.Tensor:
     """(3, s, s), or (10, 3, s, s) with ten_crop: the image as the run's held-out images were seen."""
     view = augmentation.ten_crops if ten_crop else augmentation.eval_transform
-    return view(decode(path, image_size), image_size, stats)
+    return view(decode(path, image_size, resize), image_size, stats)
 
 
 @torch.no_grad()
@@ -108,7 +109,7 @@ def predict(paths: list[str], model, saved: checkpoint.TrainingCheckpoint, ten_c
     readable, inputs, errors = [], [], []
     for path in paths:
         try:
-            inputs.append(network_input(path, image_size, stats, ten_crop))
+            inputs.append(network_input(path, image_size, stats, ten_crop, saved.resize))
             readable.append(path)
         except ImageError as error:
             errors.append(str(error))

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 MANIFEST = "manifest.json"
@@ -132,18 +133,30 @@ class StoreSplit:
 
 
 class StoreDataset(Dataset):
-    """A split of a prepared store as the other datasets are: (image (3, S, S) float in [0, 255], label).
-    For the CPU transforms; the GPU path reads the uint8 images directly (``StoreSplit.image``)."""
+    """A split of a prepared store as the other datasets are: (image (3, R, R) float in [0, 255], label), the
+    stored S x S image rescaled to R x R (resize; None: R = S) as the folder path rescales a file (PyTorch's
+    antialiased resize of uint8 pixels), so that a 256 store serves any crop that fits the folder path's images.
+    For the CPU transforms; the GPU path reads the uint8 S x S images directly (``StoreSplit.image``) and
+    rescales them in its crop kernel."""
 
-    def __init__(self, root: str, split: str):
+    def __init__(self, root: str, split: str, resize: int | None = None):
         self.store = StoreSplit(root, split)
-        self.classes, self.labels, self.side = self.store.classes, self.store.labels, self.store.side
+        self.classes, self.labels, self.stored_side = self.store.classes, self.store.labels, self.store.side
+        self.side = self.stored_side if resize is None else resize
+        if not 1 <= self.side <= self.stored_side:
+            raise StoreError(
+                f"the store {root!r} holds {self.stored_side}x{self.stored_side} images, too small to serve "
+                f"{self.side}x{self.side} ones: prepare the data again with --side {self.side} or more"
+            )
 
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.store.image(index).permute(2, 0, 1).float(), int(self.labels[index])
+        image = self.store.image(index).permute(2, 0, 1)
+        if self.side != self.stored_side:
+            image = TF.resize(image, [self.side], antialias=True)
+        return image.float(), int(self.labels[index])
 
 
 def statistics(root: str, standardize: bool = False) -> dict[str, torch.Tensor]:

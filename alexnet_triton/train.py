@@ -140,7 +140,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     torch.manual_seed(args.seed)  # the same initial weights in every process
 
     train_set, val_set, classes = data.load_datasets(
-        args.data, args.image_size, args.train_size, args.val_size, args.seed
+        args.data, args.image_size, args.train_size, args.val_size, args.seed, resumed.resize if resumed else None
     )
     # Whole batches only (a partial one would make the GPU kernels tune and compile again); refused at once
     # when the training set is smaller than one batch.
@@ -149,7 +149,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
         stats = data.training_statistics(args.data, train_set, args.seed, standardize=args.init == "kaiming")
     else:
         stats = resumed.stats
-    state = TrainingState.start(args, runtime.device, classes, stats)
+    state = TrainingState.start(args, runtime.device, classes, stats, data.image_source(train_set))
     if resumed is not None:
         state.restore(resumed, args.resume)
     position = state.position

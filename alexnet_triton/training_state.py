@@ -41,14 +41,17 @@ class TrainingState:
     config: ModelConfig
     classes: list[str]
     stats: dict[str, torch.Tensor]  # augmentation.rgb_statistics of the training set, on the CPU
+    images: dict  # what the images were cut from (data.image_source)
     position: Position = field(default_factory=Position)
     best_top1_error: float = math.inf
     history: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl so far
     final_lr_epochs: int = 0  # the last epochs that run at a tenth of the learning rate
 
     @classmethod
-    def start(cls, args: argparse.Namespace, device: torch.device, classes: list[str], stats: dict) -> "TrainingState":
-        """A fresh run of args's recipe; initialise torch's seed first for the same weights everywhere."""
+    def start(cls, args: argparse.Namespace, device: torch.device, classes: list[str], stats: dict,
+              images: dict) -> "TrainingState":  # fmt: skip
+        """A fresh run of args's recipe on images (data.image_source); initialise torch's seed first for the same
+        weights everywhere."""
         config = ModelConfig.from_args(args, len(classes))
         model = build_model(config, device, args.devices)
         # fused: one pass over the weights per step instead of four; on a 2-core CPU 10 ms instead of 53
@@ -62,7 +65,8 @@ class TrainingState:
         )
         scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16" and device.type == "cuda")
         stats = {key: value.cpu() for key, value in stats.items()}
-        return cls(model, optimizer, scheduler, scaler, config, classes, stats, final_lr_epochs=args.final_lr_epochs)
+        return cls(model, optimizer, scheduler, scaler, config, classes, stats, images,
+                   final_lr_epochs=args.final_lr_epochs)  # fmt: skip
 
     def schedule(self, val_top1_error: float, epochs_done: int, epochs: int) -> None:
         """The learning rate for the next epoch. Section 5: divided by 10 when the validation error stops
@@ -97,4 +101,5 @@ class TrainingState:
             config=self.config,
             classes=self.classes,
             args=vars(args).copy(),
+            images=dict(self.images),
         )

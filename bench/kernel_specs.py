@@ -246,11 +246,13 @@ SPECS = [
     KernelSpec(dropout._dropout_kernel, lambda dtype: [{}], pointers={"seed_ptr": "*i64"}, floats=("p", "scale")),
     KernelSpec(
         augment._crop_normalize_kernel,
-        lambda dtype: [{"CHANNELS_LAST": False}, {"CHANNELS_LAST": True}],
+        # As stored (227 crops of a 256 store), and rescaled 256 -> 76 (67 crops: 9 taps a side).
+        lambda dtype: [{"TAPS": taps, "CHANNELS_LAST": last} for taps in (0, 9) for last in (False, True)],
         pointers={
             "image_ptr": "*u8",
             "box_ptr": "*i32",
-            **dict.fromkeys(("shift_ptr", "mean_ptr", "scale_ptr"), "*fp32"),
+            "start_ptr": "*i32",
+            **dict.fromkeys(("shift_ptr", "mean_ptr", "scale_ptr", "weight_ptr"), "*fp32"),
         },
     ),
 ]

@@ -109,7 +109,7 @@ def make_view(path: str, jpegs: str, prepared: str):
     stats = store.statistics(prepared)
     if path == "store, cpu transforms":
         return augmentation.TrainingCrops(store.StoreDataset(prepared, "train"), IMAGE_SIZE, stats, seed=0)
-    return augmentation.TrainingDraws(store.StoreSplit(prepared, "train"), IMAGE_SIZE, stats, seed=0)
+    return augmentation.TrainingDraws(store.StoreSplit(prepared, "train"), IMAGE_SIZE, stats, seed=0, resize=SIDE)
 
 
 @pytest.mark.parametrize("path", ["imagefolder", "torchvision", "store, cpu transforms", "store, gpu kernel"])

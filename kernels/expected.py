@@ -433,20 +433,38 @@ class DropoutMask:
         return None
 
 
-def crop_normalize(images, boxes, shift, mean, scale, size, out_dtype, *, results) -> Within:
-    """((pixel + shift) - mean) * scale for each box's crop, flipped where asked, in (M, 3, size, size)."""
+def crop_normalize(images, boxes, shift, mean, scale, size, out_dtype, table=None, *, results) -> Within:
+    """((pixel + shift) - mean) * scale for each box's crop, flipped where asked, in (M, 3, size, size); with a
+    resampling table (starts, weights), of the images rescaled by it (augment.resampling), rounded to whole grey
+    levels after each pass as the kernel does."""
     x = torch.arange(size, device=images.device)
 
     def reference(rows, got):
         sample, top, left, flip = (boxes[rows, i].long() for i in range(4))
+        source = images if table is None else _resampled(images, sample, *table)
+        sample = sample if table is None else torch.arange(len(sample), device=images.device)
         source_x = torch.where(flip[:, None] != 0, size - 1 - x[None, :], x[None, :])  # (M, size)
         ys = (top[:, None] + x[None, :])[:, :, None]  # (M, size, 1)
         xs = (left[:, None] + source_x)[:, None, :]  # (M, 1, size)
-        pixels = images[sample[:, None, None], ys, xs].double()  # (M, size, size, 3)
+        pixels = source[sample[:, None, None], ys, xs].double()  # (M, size, size, 3)
         shifted = pixels + shift[rows].double()[:, None, None, :]
         value = ((shifted - mean.double()) * scale.double()).permute(0, 3, 1, 2)
         magnitude = ((shifted.abs() + mean.double().abs()) * scale.double().abs()).permute(0, 3, 1, 2)
         allowance = 2 * rounding_unit(out_dtype) * value.abs() + 4 * rounding_unit(torch.float32) * magnitude
+        if table is not None:  # fp32 sums against these float64 ones may round a half the other way: a grey level
+            allowance = allowance + scale.double().abs()[:, None, None]
         return got, value, allowance
 
     return Within(results, [PerImage("crops", reference, boxes.shape[0], 8 * 3 * size * size)])
+
+
+def _resampled(images, samples, starts, weights):
+    """(M, R, R, 3) float64: images[samples] rescaled by the table, along rows then columns, each pass rounded to
+    whole grey levels (halves up) as a uint8 resize stores them."""
+    side, taps = images.shape[1], weights.shape[1]
+    matrix = torch.zeros(len(starts), side, dtype=torch.float64, device=images.device)  # (R, S)
+    columns = (starts.long()[:, None] + torch.arange(taps, device=images.device)).clamp(max=side - 1)
+    matrix.scatter_add_(1, columns, weights.double())
+    pixels = images[samples].double()  # (M, S, S, 3)
+    along_rows = torch.einsum("xs,mysc->myxc", matrix, pixels).add(0.5).floor().clamp(0, 255)
+    return torch.einsum("ys,msxc->myxc", matrix, along_rows).add(0.5).floor().clamp(0, 255)

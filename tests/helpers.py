@@ -290,3 +290,12 @@ def tf32_off_until_allowed() -> Iterator[Callable[[bool], None]]:
 
 if __name__ == "__main__":
     print(summarize_error_log(sys.argv[1]))
+
+
+def assert_within_a_grey_level(got: torch.Tensor, expected: torch.Tensor, stats: dict) -> None:
+    """Normalized crops (..., 3, h, w) got equal expected but for a grey level on at most 1% of values: where
+    PyTorch's uint8 resize (fixed-point weights) and the crop kernel's fp32 sums round a half differently when
+    rescaling (measured: 0.4% of values on pixel noise)."""
+    levels = ((got - expected) / stats["scale"][:, None, None]).abs()
+    assert levels.max() <= 1 + 1e-3, levels.max()
+    assert (levels > 1e-3).double().mean() <= 0.01, (levels > 1e-3).double().mean()

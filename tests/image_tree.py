@@ -1,10 +1,12 @@
 """Small ImageFolder trees that tests write themselves: JPEGs of assorted sizes, and the awkward cases a
-real folder holds (grayscale, CMYK, a PNG with alpha, a file that is not an image)."""
+real folder holds (grayscale, CMYK, a PNG with alpha, a file that is not an image); PNGs of the built-in shapes."""
 
 import os
 
 import numpy as np
 from PIL import Image
+
+from alexnet_triton import data
 
 CLASSES = ("cat", "dog")
 
@@ -39,3 +41,16 @@ def write_tree(root, *, per_class: int = 5, val_per_class: int = 2, awkward: boo
     with open(paths["corrupt"], "wb") as file:
         file.write(b"\xff\xd8\xff\xe0 this is not a JPEG after all")
     return paths
+
+
+def write_shapes_tree(root, *, side: int, classes: int = 4, per_class: int = 5, val_per_class: int = 2,
+                      seed: int = 0) -> None:  # fmt: skip
+    """DIR/train/<shape>/*.png and DIR/val/<shape>/*.png: the built-in dataset's first `classes` shapes, drawn
+    side x side (sharp edges on pixel noise: the hardest case for resampling) and saved losslessly."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for label, name in enumerate(data.SHAPES[:classes]):
+            folder = os.path.join(root, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(data.draw_shape_image(label, side, rng)).save(os.path.join(folder, f"{i:03d}.png"))

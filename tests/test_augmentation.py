@@ -5,7 +5,9 @@ run). The CPU references stay on the CPU; the device's crops come back to be com
 
 import pytest
 import torch
-from helpers import relative_error
+import torchvision.transforms.v2.functional as TF
+from alexnet_triton.kernels import augment
+from helpers import assert_within_a_grey_level, relative_error
 from torch.utils.data import default_collate
 
 from alexnet_triton import augmentation, data
@@ -107,7 +109,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_index():
 def test_training_crops_on_the_device_equal_the_cpu_crops_for_the_same_draws(standardize, device):
     split, stats = random_split(12, 15), random_stats(standardize)
     cpu = augmentation.TrainingCrops(FloatView(split), 11, stats, seed=7)
-    draws = augmentation.TrainingDraws(split, 11, stats, seed=7)
+    draws = augmentation.TrainingDraws(split, 11, stats, seed=7, resize=15)
     for epoch in (0, 3):
         cpu.set_epoch(epoch)
         draws.set_epoch(epoch)
@@ -159,6 +161,59 @@ def test_crops_come_in_the_training_dtype_and_memory_format(dtype, device):
         assert torch.equal(crops, reference.to(dtype)), "one rounding of the fp32 value"
 
 
+@pytest.mark.parametrize("source, target", [(256, 76), (40, 19), (97, 13), (15, 15), (9, 1)])
+def test_the_resampling_table_is_pytorchs_antialiased_resize(source, target):
+    starts, weights = augment.resampling(source, target)
+    assert starts.dtype == torch.int32 and weights.dtype == torch.float32 and weights.shape[0] == target
+    torch.testing.assert_close(weights.double().sum(1), torch.ones(target, dtype=torch.float64), rtol=0, atol=1e-6)
+    taps = torch.arange(weights.shape[1])
+    assert ((starts[:, None] + taps < source) | (weights == 0)).all(), "no weight on a pixel past the image"
+    matrix = torch.zeros(target, source, dtype=torch.float64)  # row i: target pixel i's weights on the source
+    matrix.scatter_add_(1, (starts[:, None].long() + taps).clamp(max=source - 1), weights.double())
+    image = torch.rand(2, 3, source, source, dtype=torch.float64) * 255
+    expected = torch.nn.functional.interpolate(image, size=(target, target), mode="bilinear", antialias=True)
+    torch.testing.assert_close(matrix @ image @ matrix.T, expected, rtol=0, atol=1e-4)  # float32 weights
+    with pytest.raises(ValueError, match=f"target must be in \\[1, {source}\\], got {source + 1}"):
+        augment.resampling(source, source + 1)
+
+
+class RescaledView(FloatView):
+    """The images as a store's CPU path serves them rescaled: PyTorch's antialiased resize of the uint8 pixels."""
+
+    def __init__(self, split: ArraySplit, side: int):
+        super().__init__(split)
+        self.side = side
+
+    def __getitem__(self, index: int):
+        pixels = self.split.image(index).permute(2, 0, 1)
+        return TF.resize(pixels, [self.side], antialias=True).float(), int(self.split.labels[index])
+
+
+def test_training_crops_of_rescaled_images_on_the_device_equal_the_cpu_crops(device):
+    split, stats = random_split(6, 40), random_stats(standardize=True)
+    cpu = augmentation.TrainingCrops(RescaledView(split, 19), 17, stats, seed=2)
+    draws = augmentation.TrainingDraws(split, 17, stats, seed=2, resize=19)
+    expected = torch.stack([cpu[i][0] for i in range(len(split))])
+    images, boxes, shift, _ = default_collate([draws[i] for i in range(len(split))])
+    assert set(boxes[:, 2].tolist()) == {0, 1} and boxes[:, :2].max() == 19 - 17, "flips, and the far corner"
+    images, boxes, shift = images.to(device), boxes.to(device), shift.to(device)
+    crops = augmentation.crop_on_device(images, augmentation.training_boxes(boxes), stats, 17, shift=shift, resize=19)
+    assert crops.shape == (6, 3, 17, 17) and crops.device == device
+    assert_within_a_grey_level(crops.cpu(), expected, stats)
+
+
+def test_centre_and_ten_crops_of_rescaled_images_on_the_device_equal_torchvisions(device):
+    split, stats = random_split(2, 31), random_stats(standardize=False)
+    images = torch.stack([split.image(i) for i in range(2)]).to(device)
+    for ten_crop, reference in ((False, augmentation.eval_transform), (True, augmentation.ten_crops)):
+        boxes = augmentation.evaluation_boxes(2, 14, 11, ten_crop, images.device)
+        crops = augmentation.crop_on_device(images, boxes, stats, 11, resize=14)
+        expected = torch.cat([reference(RescaledView(split, 14)[i][0], 11, stats).reshape(-1, 3, 11, 11)
+                              for i in range(2)])  # fmt: skip
+        assert crops.shape == expected.shape
+        assert_within_a_grey_level(crops.cpu(), expected, stats)
+
+
 def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
     # What a CUDA machine (no TRITON_INTERPRET) answers for CPU tensors: a clear error, not a silent fallback.
     monkeypatch.setattr(augmentation.functional, "backend", lambda device: "torch")
@@ -174,6 +229,8 @@ def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
         (lambda a: {**a, "images": a["images"].permute(0, 3, 1, 2)}, "images must be uint8 \\(N, S, S, 3\\)"),
         (lambda a: {**a, "images": a["images"][:, :, :9]}, "images must be square"),
         (lambda a: {**a, "image_size": 13}, "image_size must be in \\[1, 12\\]"),
+        (lambda a: {**a, "resize": 13}, "resize must be in \\[1, 12\\] for 12x12 images \\(they are only shrunk\\)"),
+        (lambda a: {**a, "resize": 7}, "image_size must be in \\[1, 7\\] for 7x7 images, got 8"),
         (lambda a: {**a, "boxes": a["boxes"][:, :3]}, "boxes must be \\(M, 4\\)"),
         (lambda a: {**a, "shift": torch.zeros(5, 3)}, "shift must be \\(2, 3\\)"),
         (lambda a: {**a, "dtype": torch.int32}, "dtype must be a floating dtype"),

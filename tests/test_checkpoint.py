@@ -41,6 +41,7 @@ def small_checkpoint(num_classes: int = 10) -> TrainingCheckpoint:
         config=ModelConfig.from_args(args, num_classes),
         classes=[f"class{i}" for i in range(num_classes)],
         args=vars(args).copy(),
+        images={"resize": 76, "store_side": 256},
     )
 
 
@@ -253,6 +254,20 @@ def test_a_failed_rename_in_save_same_as_keeps_the_old_name_and_no_temporary(tmp
     monkeypatch.undo()
     assert torch.equal(checkpoint.load(str(best))["model"]["w"], torch.full((3,), 7.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_a_checkpoint_keeps_the_side_its_images_were_cut_from_and_older_ones_read_without_it(tmp_path):
+    saved = small_checkpoint()
+    assert saved.resize == 76
+    older = saved.to_dict()
+    del older["images"]  # saved before the side was kept: its runs used data.resize_size(image_size)
+    checkpoint.save(older, str(tmp_path / "older.pt"))
+    read = checkpoint.read(str(tmp_path / "older.pt"))
+    assert read.images == {} and read.resize is None
+    del older["classes"]
+    checkpoint.save(older, str(tmp_path / "broken.pt"))
+    with pytest.raises(CheckpointError, match=r"not an alexnet_triton training checkpoint \(no \['classes'\]\)"):
+        checkpoint.read(str(tmp_path / "broken.pt"))
 
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes_as_it_was_trained():

@@ -4,7 +4,7 @@ interpreter on a CPU) hands the network what the CPU pipeline does."""
 
 import pytest
 import torch
-from helpers import relative_error
+from helpers import assert_within_a_grey_level, relative_error
 from image_tree import write_tree
 from torch.utils.data import default_collate
 
@@ -51,6 +51,32 @@ def test_gpu_pipeline_evaluates_the_crops_the_cpu_pipeline_makes(splits, ten_cro
     assert images.shape == expected.shape == ((4, 10, 3, 17, 17) if ten_crop else (4, 3, 17, 17))
     assert torch.equal(labels, expected_labels)
     assert relative_error(images, expected) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def rescaled_splits(tmp_path_factory):
+    """A store of 40 x 40 images served at 19 x 19, as a run cropping 17 would be (data.load_datasets)."""
+    root = tmp_path_factory.mktemp("rescaled")
+    write_tree(root / "images", awkward=False, seed=1)
+    prepare.prepare(str(root / "images"), str(root / "store"), side=40, workers=0)
+    out = str(root / "store")
+    train, val = store.StoreDataset(out, "train", resize=19), store.StoreDataset(out, "val", resize=19)
+    return train, val, store.statistics(out, standardize=True)
+
+
+def test_gpu_pipeline_rescales_a_store_as_the_cpu_pipeline_does(rescaled_splits, device):
+    train, val, stats = rescaled_splits
+    assert train[0][0].shape == (3, 19, 19)
+    cpu = input_pipeline.CpuPipeline(train, val, 17, stats, seed=4, ten_crop=True)
+    gpu = input_pipeline.GpuPipeline(train, val, 17, stats, seed=4, ten_crop=True)
+    expected, expected_labels = cpu.training_batch(batch(cpu.training, 10), device, False)
+    images, labels = gpu.training_batch(batch(gpu.training, 10), device, False)
+    assert images.shape == expected.shape == (10, 3, 17, 17) and torch.equal(labels, expected_labels)
+    assert_within_a_grey_level(images.cpu(), expected.cpu(), stats)
+    expected, _ = cpu.evaluation_batch(batch(cpu.evaluation, 4), device, True)
+    images, _ = gpu.evaluation_batch(batch(gpu.evaluation, 4), device, True)
+    assert images.shape == expected.shape == (4, 10, 3, 17, 17)
+    assert_within_a_grey_level(images.cpu(), expected.cpu(), stats)
 
 
 def test_choice_of_pipeline(splits):

@@ -11,7 +11,9 @@ from alexnet_triton.training_state import TrainingState
 def small_state(final_lr_epochs: int, lr: float = 0.01, lr_patience: int = 2) -> TrainingState:
     args = train_options.parse_args(["--epochs", "4", "--lr", str(lr), "--final-lr-epochs", str(final_lr_epochs),
                              "--lr-patience", str(lr_patience)])  # fmt: skip
-    state = TrainingState.start(args, torch.device("cpu"), [str(i) for i in range(10)], {"mean": torch.zeros(3)})
+    images = {"resize": 76, "store_side": 256}
+    stats = {"mean": torch.zeros(3)}
+    state = TrainingState.start(args, torch.device("cpu"), [str(i) for i in range(10)], stats, images)
     return state
 
 
@@ -73,3 +75,4 @@ def test_a_checkpoint_restores_what_was_saved(tmp_path):
         assert torch.equal(restored["state"][index]["momentum_buffer"], buffers["momentum_buffer"]), index
     for key, value in state.stats.items():  # the resume builds its state with the checkpoint's statistics
         assert torch.equal(saved.stats[key], value), key
+    assert saved.images == state.images == {"resize": 76, "store_side": 256} and saved.resize == 76
