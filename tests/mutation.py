@@ -268,6 +268,22 @@ MUTANTS = [
         "a crop's blocks overlap the first and the values past it are never written (a 227x227 crop is 38+ blocks)",
         fast=True,
     ),
+    Mutant(
+        "crop-resample-tap-mixed-up",
+        "kernels/augment.py",
+        "stored = _stored_pixel(image_ptr, row_start + i, column_start + j,",
+        "stored = _stored_pixel(image_ptr, row_start + i, column_start + i,",
+        AUGMENT,
+        "a rescaled pixel reads one stored column per row tap instead of the filter's window: a blurred, shifted image",
+    ),
+    Mutant(
+        "crop-resample-row-rounding-dropped",
+        "kernels/augment.py",
+        "_whole_grey_level(along_row)",
+        "along_row",
+        AUGMENT,
+        "the first pass keeps its fractions: a grey level off on about a third of the pixels of a rescaled crop",
+    ),
 ]
 
 

@@ -47,12 +47,12 @@ def trained(tmp_path_factory):
     return folder
 
 
-def expected_probabilities(folder, names: list[str], ten_crop: bool) -> torch.Tensor:
-    """The checkpoint's network called directly, each step of the held-out view written out."""
+def expected_probabilities(folder, names: list[str], ten_crop: bool, side: int = 76) -> torch.Tensor:
+    """The checkpoint's network called directly, each step of the held-out view written out (the trainer rescales
+    to 76 for 67 crops)."""
     saved = checkpoint.read(str(folder / "runs" / "tiny" / "best.pt"))
     model = build_model(saved.config, torch.device("cpu"), None).eval()
     model.load_state_dict(saved.model)
-    side = round(IMAGE_SIZE * 256 / 227)  # the trainer rescales to 76 for 67 crops
     rows = []
     for name in names:
         with Image.open(folder / name) as image:
@@ -111,6 +111,20 @@ def test_batches_are_one_size_and_the_padding_changes_no_prediction(trained, mon
         expected = {item["class"]: item["probability"] for item in alone["top"]}
         assert got.keys() == expected.keys()
         assert [got[name] for name in expected] == pytest.approx(list(expected.values()), rel=1e-5, abs=1e-7)
+
+
+def test_images_are_rescaled_to_the_side_the_checkpoints_run_used(trained, monkeypatch):
+    monkeypatch.setattr(_common, "INTERPRET", False)  # the reference math, as in the command's process
+    model, saved = predict.load_network(str(trained / "runs" / "tiny" / "best.pt"), torch.device("cpu"))
+    assert saved.images == {"resize": 76, "store_side": None}
+    names = ["disc.png", "cross.jpg"]
+    saved.images = {"resize": 70, "store_side": 256}  # a run that rescaled to 70 (its images' side, not 76)
+    results, _ = predict.predict([str(trained / name) for name in names], model, saved, False, top=10)
+    classes = list(data.SHAPES)
+    got = torch.tensor([[{item["class"]: item["probability"] for item in entry["top"]}[name] for name in classes]
+                        for entry in results])  # fmt: skip
+    torch.testing.assert_close(got, expected_probabilities(trained, names, False, side=70), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(got, expected_probabilities(trained, names, False, side=76), rtol=1e-3, atol=1e-4)
 
 
 def test_text_output_shows_the_top_classes_per_image(trained):
