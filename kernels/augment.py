@@ -31,11 +31,13 @@ from . import _common, autotune, expected
 # ---------------------------------------------------------------------------------------------
 
 # Output elements per program for a purely bandwidth-bound kernel (one crop's 3 x 227 x 227 values is
-# 154,587 of them); the usual elementwise range. Not yet measured on a GPU for this project.
+# 154,587 of them); the usual elementwise range, up to 8 values a thread: at 16 (4096 over 8 warps) the rescaling
+# variant needs 255 registers and spills 64 bytes, at 8 it needs 168-171; 4 a thread (512) keeps more warps in
+# flight for its gathers (sm_90 census). Not yet measured on a GPU for this project.
 _GPU_CONFIGS = [
+    triton.Config({"BLOCK": 512}, num_warps=4),
     triton.Config({"BLOCK": 1024}, num_warps=4),
     triton.Config({"BLOCK": 2048}, num_warps=8),
-    triton.Config({"BLOCK": 4096}, num_warps=8),
 ]
 
 
