@@ -46,12 +46,17 @@ class GpuPipeline:
         self.training = augmentation.TrainingDraws(train.store, image_size, stats, seed, train.side)
         self.evaluation = augmentation.StoredImages(val.store)
         self.image_size, self.stats, self.ten_crop, self.side = image_size, stats, ten_crop, val.side
+        self._stats_on: dict[torch.device, dict] = {}
 
     def _crops(self, images, boxes, device, channels_last, shift=None):
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if images.device not in self._stats_on:  # copied once: a copy from pageable memory per batch would sync
+            self._stats_on[images.device] = {key: self.stats[key].to(images.device, torch.float32)
+                                             for key in ("mean", "scale")}  # fmt: skip
         return augmentation.crop_on_device(
-            images, boxes, self.stats, self.image_size, shift=shift, resize=self.side, memory_format=memory_format
-        )
+            images, boxes, self._stats_on[images.device], self.image_size, shift=shift, resize=self.side,
+            memory_format=memory_format,
+        )  # fmt: skip
 
     def training_batch(self, batch, device: torch.device, channels_last: bool):
         images, draws, shift, labels = (t.to(device, non_blocking=True) for t in batch)

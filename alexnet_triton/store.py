@@ -137,7 +137,8 @@ class StoreDataset(Dataset):
     stored S x S image rescaled to R x R (resize; None: R = S) as the folder path rescales a file (PyTorch's
     antialiased resize of uint8 pixels), so that a 256 store serves any crop that fits the folder path's images.
     For the CPU transforms; the GPU path reads the uint8 S x S images directly (``StoreSplit.image``) and
-    rescales them in its crop kernel."""
+    rescales them in its crop kernel, rounding after each pass as PyTorch's uint8 resize does on x86 CPUs with AVX2
+    (elsewhere PyTorch resizes uint8 through float and rounds once: a grey level apart on more pixels)."""
 
     def __init__(self, root: str, split: str, resize: int | None = None):
         self.store = StoreSplit(root, split)

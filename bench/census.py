@@ -389,6 +389,7 @@ def first_epoch(run: RunShape = IMAGENET, *, amp: str = "bf16", sms: int = 132) 
     if run.crops_on_gpu:  # input_pipeline.GpuPipeline without its store: the loader's batches are made here
         pipeline = object.__new__(input_pipeline.GpuPipeline)
         pipeline.image_size, pipeline.stats, pipeline.ten_crop, pipeline.side = run.image_size, stats, False, side
+        pipeline._stats_on = {}
     else:
         pipeline = input_pipeline.CpuPipeline(None, None, run.image_size, stats, seed=0)
 

@@ -246,14 +246,20 @@ SPECS = [
     KernelSpec(dropout._dropout_kernel, lambda dtype: [{}], pointers={"seed_ptr": "*i64"}, floats=("p", "scale")),
     KernelSpec(
         augment._crop_normalize_kernel,
-        # As stored (227 crops of a 256 store), and rescaled 256 -> 76 (67 crops: 9 taps a side).
-        lambda dtype: [{"TAPS": taps, "CHANNELS_LAST": last} for taps in (0, 9) for last in (False, True)],
+        # As stored (227 crops of a 256 store), rescaled 256 -> 253 (224 crops: 5 taps a side) and 256 -> 76 (67
+        # crops: 9 taps); the strides of 1 a launch has (RGB pixels, the output's innermost dimension) as constants.
+        lambda dtype: [
+            {"TAPS": taps, "CHANNELS_LAST": last, "stride_image_c": 1, ("stride_out_c" if last else "stride_out_w"): 1}
+            for taps in (0, 5, 9)
+            for last in (False, True)
+        ],
         pointers={
             "image_ptr": "*u8",
             "box_ptr": "*i32",
             "start_ptr": "*i32",
             **dict.fromkeys(("shift_ptr", "mean_ptr", "scale_ptr", "weight_ptr"), "*fp32"),
         },
+        divisible=("side", "stride_image_n", "stride_image_h"),  # a 256 store: 256, 196,608 and 768
     ),
 ]
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}

@@ -451,11 +451,13 @@ def crop_normalize(images, boxes, shift, mean, scale, size, out_dtype, table=Non
         value = ((shifted - mean.double()) * scale.double()).permute(0, 3, 1, 2)
         magnitude = ((shifted.abs() + mean.double().abs()) * scale.double().abs()).permute(0, 3, 1, 2)
         allowance = 2 * rounding_unit(out_dtype) * value.abs() + 4 * rounding_unit(torch.float32) * magnitude
-        if table is not None:  # fp32 sums against these float64 ones may round a half the other way: a grey level
-            allowance = allowance + scale.double().abs()[:, None, None]
+        if table is not None:  # fp32 sums against these float64 ones may round a half the other way: a grey level,
+            # itself rounded to the output dtype where the value is near 0 and its own allowance nil
+            allowance = allowance + scale.double().abs()[:, None, None] * (1 + 2 * rounding_unit(out_dtype))
         return got, value, allowance
 
-    return Within(results, [PerImage("crops", reference, boxes.shape[0], 8 * 3 * size * size)])
+    per_crop = 8 * 3 * size * size + (3 * 3 * images.shape[1] ** 2 if table is not None else 0)  # + its resampling
+    return Within(results, [PerImage("crops", reference, boxes.shape[0], per_crop)])
 
 
 def _resampled(images, samples, starts, weights):

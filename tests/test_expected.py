@@ -208,15 +208,16 @@ def test_dropout_of_everything(tuned_with_a_spoiled_candidate):
     assert torch.equal(out, torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("resize", [None, 11], ids=["as stored", "rescaled"])
-def test_crops(tuned_with_a_spoiled_candidate, resize):
+@pytest.mark.parametrize("resize, dtype", [(None, torch.float32), (11, torch.float32), (11, torch.float16)],
+                         ids=["as stored", "rescaled", "rescaled fp16"])  # fmt: skip
+def test_crops(tuned_with_a_spoiled_candidate, resize, dtype):
     tuner = tuned_with_a_spoiled_candidate(augment, "_crop_normalize_kernel", True)
     images = torch.randint(0, 256, (3, 23, 23, 3), dtype=torch.uint8)
     boxes = torch.tensor([[0, 1, 2, 0], [2, 0, 3, 1], [1, 4, 4, 1]], dtype=torch.int32)
     shift, mean, scale = randn(3, 3), torch.tensor([120.0, 115.0, 100.0]), torch.tensor([0.02, 0.021, 0.019])
     layout = torch.channels_last
     chose_the_right_one(
-        tuner, lambda: augment.crop_normalize(images, boxes, shift, mean, scale, 7, torch.float32, layout, resize)
+        tuner, lambda: augment.crop_normalize(images, boxes, shift, mean, scale, 7, dtype, layout, resize)
     )
 
 

@@ -8,7 +8,7 @@ from helpers import assert_within_a_grey_level, relative_error
 from image_tree import write_tree
 from torch.utils.data import default_collate
 
-from alexnet_triton import input_pipeline, prepare, store
+from alexnet_triton import augmentation, input_pipeline, prepare, store
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,20 @@ def test_gpu_pipeline_rescales_a_store_as_the_cpu_pipeline_does(rescaled_splits,
     images, _ = gpu.evaluation_batch(batch(gpu.evaluation, 4), device, True)
     assert images.shape == expected.shape == (4, 10, 3, 17, 17)
     assert_within_a_grey_level(images.cpu(), expected.cpu(), stats)
+
+
+def test_the_normalization_statistics_reach_the_device_once(splits, device, monkeypatch):
+    # A copy from pageable host memory per batch would make the host wait for the GPU (a sync) every step.
+    train, val, stats = splits
+    gpu = input_pipeline.GpuPipeline(train, val, 17, stats, seed=0)
+    seen = []
+    crop = augmentation.crop_on_device
+    monkeypatch.setattr(augmentation, "crop_on_device", lambda *a, **k: seen.append(a[2]) or crop(*a, **k))
+    for _ in range(2):
+        gpu.training_batch(batch(gpu.training, 4), device, False)
+        gpu.evaluation_batch(batch(gpu.evaluation, 4), device, False)
+    assert len(seen) == 4 and all(given is seen[0] for given in seen)
+    assert all(t.device == device and t.dtype == torch.float32 for t in seen[0].values())
 
 
 def test_choice_of_pipeline(splits):
