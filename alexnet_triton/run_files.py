@@ -2,9 +2,11 @@
 row per epoch), TensorBoard events when tensorboard is installed, and the figures (curves.png,
 conv1_filters.png, and at the run's end predictions.png and neighbours.png).
 
-Every row is flushed as it is written, so `tail -f steps.csv` follows the run and a process killed
-with SIGKILL loses no row it had written. Only the main process writes: the others open the files
-with active=False, which makes every call a no-op.
+Rows are flushed as they are written, so `tail -f steps.csv` follows the run and a process killed
+with SIGKILL loses no row it had written. The trainer writes steps.csv's rows at its logging points,
+--log-every N steps at a time (train.StepLog: reading a step's loss from a GPU at every step would make
+the host wait for it). Only the main process writes: the others open the files with active=False,
+which makes every call a no-op.
 """
 
 import csv
@@ -29,15 +31,21 @@ class RunFiles:
         self._steps_file = open(self.path("steps.csv"), "a", newline="")  # noqa: SIM115 (closed in close())
         self._steps = csv.writer(self._steps_file)
         if self._steps_file.tell() == 0:
-            self._write_step_row(STEP_COLUMNS)
+            self._steps.writerow(STEP_COLUMNS)
+            self._steps_file.flush()
         self._tensorboard = open_tensorboard(folder)
 
     def path(self, name: str) -> str:
         return os.path.join(self.folder, name)
 
     def log_step(self, step: int, epoch: int, loss: float, lr: float) -> None:
-        if self.active:
-            self._write_step_row([step, epoch, f"{loss:.6f}", lr])
+        self.log_steps([(step, epoch, loss, lr)])
+
+    def log_steps(self, rows: list[tuple[int, int, float, float]]) -> None:
+        """steps.csv rows (step, epoch, loss, lr), on disk (flushed once) when this returns."""
+        if self.active and rows:
+            self._steps.writerows([step, epoch, f"{loss:.6f}", lr] for step, epoch, loss, lr in rows)
+            self._steps_file.flush()  # to the OS, which keeps it across a kill -9 of this process
 
     def log_epoch(self, row: dict, history: list[dict], model: torch.nn.Module) -> None:
         """One metrics.jsonl row (and TensorBoard scalars), then the figures redrawn from the history."""
@@ -72,10 +80,6 @@ class RunFiles:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-    def _write_step_row(self, row: list) -> None:
-        self._steps.writerow(row)
-        self._steps_file.flush()  # to the OS, which keeps it across a kill -9 of this process
 
 
 def open_tensorboard(folder: str):

@@ -10,7 +10,7 @@
     python -m alexnet_triton.train --evaluate runs/NAME/best.pt --data ~/imagenet --ten-crop
 
 Each run writes into a run directory named on start: metrics.jsonl (a row per epoch), steps.csv (the
-loss of every step, flushed as it is written), curves.png, conv1_filters.png (figure 3),
+loss of every step, written and flushed every --log-every N steps), curves.png, conv1_filters.png (figure 3),
 predictions.png and neighbours.png (figure 4, at the end; --evaluate draws them too), last.pt and
 best.pt (checkpoints, written atomically and durably), and TensorBoard events when tensorboard is
 installed. Ctrl-C or SIGTERM finishes the current step, saves last.pt and exits; --resume then continues
@@ -28,6 +28,7 @@ input_pipeline.py (crops on the device), training_state.py (network, optimizer, 
 
 import argparse
 import datetime
+import math
 import os
 import sys
 import time
@@ -68,10 +69,14 @@ EVALUATION_BATCH_FACTOR = 4
 def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, runtime: Runtime, stop, files: RunFiles):
     """Train model (state.model, or its DistributedDataParallel wrapper) until the epoch ends, a stop is
     requested or --max-steps is reached; returns the training metrics of the batches run in this call.
-    pipeline (input_pipeline.py) turns each loader batch into crops on the device."""
-    optimizer, scaler, position = state.optimizer, state.scaler, state.position
+    pipeline (input_pipeline.py) turns each loader batch into crops on the device.
+
+    Nothing in the loop reads a value from the device (DESIGN.md, "Syncs"): StepLog keeps the steps' numbers
+    there and reads them at logging points only, the last one before this returns, so a non-finite loss is
+    raised before the caller saves a checkpoint."""
+    position = state.position
     model.train()
-    loss_sum = correct = count = 0.0
+    log = StepLog(runtime.device, files)
     start = time.perf_counter()
     bar = tqdm(
         train_loader,
@@ -81,32 +86,28 @@ def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, r
         disable=not runtime.is_main,
         dynamic_ncols=True,
     )
-    for batch in bar:
-        images, labels = pipeline.training_batch(batch, runtime.device, args.channels_last)
-        with autocast(args.amp, runtime.device):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {position.global_step}; try a lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
 
+    def logging_point() -> tuple[float, float]:
+        loss_sum, correct = log.read()
+        if runtime.is_main:
+            rate = log.count * runtime.world_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss_sum / log.count:.3f}", acc=f"{correct / log.count:.3f}", img_s=f"{rate:.0f}")
+        return loss_sum, correct
+
+    for batch in bar:
+        loss, logits, labels = training_step(model, state, batch, pipeline, args, runtime)
         position.batches_done += 1
         position.global_step += 1
-        batch_loss = loss.item()
-        loss_sum += batch_loss * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        count += len(labels)
-        files.log_step(position.global_step, position.epoch + 1, batch_loss, optimizer.param_groups[0]["lr"])
-        if runtime.is_main:
-            rate = count * runtime.world_size / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}", img_s=f"{rate:.0f}")
+        log.add(position.global_step, position.epoch + 1, state.optimizer.param_groups[0]["lr"], loss, logits, labels)
+        # Every --log-every N steps, and the epoch's first step (the bar's numbers at once; the first row of
+        # steps.csv, a sign that the loop runs).
+        if log.steps == 1 or position.global_step % args.log_every == 0:
+            logging_point()
         if stop.requested or (args.max_steps is not None and position.global_step >= args.max_steps):
             break
+    loss_sum, correct = logging_point() if log.steps else (0.0, 0.0)  # the rows since the last one
     bar.close()
-    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], runtime)
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, log.count], runtime)
     seconds = time.perf_counter() - start
     return {
         "train_loss": loss_sum / max(count, 1),
@@ -114,6 +115,75 @@ def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, r
         "images_per_s": count / seconds,
         "seconds": seconds,
     }
+
+
+def training_step(model, state: TrainingState, batch, pipeline, args, runtime: Runtime):
+    """One step of SGD on a loader batch; returns (loss, logits, labels), device tensors nobody has read."""
+    optimizer, scaler = state.optimizer, state.scaler
+    images, labels = pipeline.training_batch(batch, runtime.device, args.channels_last)
+    with autocast(args.amp, runtime.device):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    # Under --amp fp16 the scaler skips the update of a step whose scaled gradients overflowed, on the device
+    # (the fused SGD reads its found-inf flag there), and lowers the scale: a normal event, not an error. A
+    # non-finite loss is another matter (the forward pass itself overflowed, or the weights are spoiled):
+    # StepLog stops the run at it whatever the precision.
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach(), labels
+
+
+class StepLog:
+    """An epoch's training steps as the device computes them, read by the host at logging points only: every
+    --log-every N steps, the epoch's first step, its end and a stop.
+
+    Reading a value from a GPU (.item(), bool(t), .tolist()) makes the host wait until the GPU has finished
+    all it was given, and the GPU then idles while the host prepares the next step. So a step only queues
+    work: its loss stays on the device, the epoch's loss and correct-label sums grow there, and a logging
+    point reads them all in one transfer, writes the steps' rows to steps.csv in one go (one row per step,
+    as before: the per-step history is kept, and `tail -f` sees rows in bursts of N) and checks every loss
+    it read.
+
+    A non-finite loss is therefore raised at the next logging point, not at its own step: up to N - 1 more
+    steps run after it, on weights it has spoiled (under --amp fp16 the scaler skips its update instead).
+    The error names the first non-finite step, steps.csv ends with that step's row, and no checkpoint is
+    written from the spoiled weights: the trainer saves only after the epoch's last logging point
+    (train_one_epoch's end), so last.pt stays the one from before the step. In a multi-process run each
+    process checks its own losses; one that stops makes torchrun stop the others."""
+
+    def __init__(self, device: torch.device, files: RunFiles):
+        self.files = files
+        # Sums over this call's images, in float64 as the Python floats they replaced: every step adds to them
+        # on the device, and nothing is read.
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps = self.count = 0  # steps and images: batch sizes are known on the host
+        self.pending: list[tuple[int, int, float, torch.Tensor]] = []  # (step, epoch, lr, loss): rows to write
+
+    def add(self, step: int, epoch: int, lr: float, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
+        """A step's numbers, kept on the device."""
+        loss = loss.double()
+        self.loss_sum += loss * len(labels)
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.steps += 1
+        self.count += len(labels)
+        self.pending.append((step, epoch, lr, loss))
+
+    def read(self) -> tuple[float, float]:
+        """A logging point: the loss and correct-label sums so far, after the pending steps' rows are written
+        to steps.csv; at a non-finite loss, its row is the last written and FloatingPointError names its step."""
+        values = torch.stack([self.loss_sum, self.correct, *(loss for *_, loss in self.pending)]).tolist()
+        rows = []
+        for (step, epoch, lr, _), loss in zip(self.pending, values[2:], strict=True):
+            rows.append((step, epoch, loss, lr))
+            if not math.isfinite(loss):
+                self.files.log_steps(rows)
+                raise FloatingPointError(f"the loss became {loss} at step {step}; try a lower --lr")
+        self.files.log_steps(rows)
+        self.pending.clear()
+        return values[0], values[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,6 +85,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "CUDA, the loader workers otherwise",
     )
     run.add_argument("--seed", type=int, default=0, help="seeds data, augmentation, initialisation and dropout")
+    run.add_argument(
+        "--log-every",
+        type=int,
+        default=20,
+        metavar="N",
+        help="read the loss from the device every N steps (and at an epoch's first step, its end and a stop) and "
+        "write those steps' rows to steps.csv then; a non-finite loss stops the run there (up to N - 1 steps late), "
+        "naming its step, with no checkpoint saved after it",
+    )
     run.add_argument("--max-steps", type=int, help="stop (resumably, as Ctrl-C does) after this many steps")
     run.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue from a run directory or checkpoint")
     run.add_argument("--evaluate", metavar="CHECKPOINT", help="only evaluate this checkpoint on the validation set")
@@ -99,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("image_size", "epochs", "batch_size", "init", "final_lr_epochs"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
-    for key in ("epochs", "batch_size", "train_size", "val_size", "lr_patience", "final_lr_epochs"):
+    for key in ("epochs", "batch_size", "train_size", "val_size", "lr_patience", "final_lr_epochs", "log_every"):
         if getattr(args, key) < (0 if key in ("lr_patience", "final_lr_epochs") else 1):
             parser.error(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
     return args

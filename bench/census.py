@@ -408,7 +408,7 @@ def first_epoch(run: RunShape = IMAGENET, *, amp: str = "bf16", sms: int = 132) 
         model = AlexNet(1000, image_size=run.image_size)
     model.to(memory_format=torch.channels_last)  # training_state: channels_last on a GPU
 
-    def training_step(count: int) -> None:  # train.train_one_epoch
+    def training_step(count: int) -> None:  # train.training_step
         images, labels = pipeline.training_batch(loader_batch(count, True), meta, True)
         model.train()
         model.zero_grad(set_to_none=True)

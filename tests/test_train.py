@@ -5,6 +5,7 @@ is tested here is the program (files, resume, errors, distributed data paralleli
 data pipeline, evaluation, checkpoints, run files and runtime have their own test files.
 """
 
+import contextlib
 import csv
 import json
 import math
@@ -23,11 +24,12 @@ from helpers import reference_backend_env
 from image_tree import write_shapes_tree
 from PIL import Image
 
-from alexnet_triton import checkpoint, figures, prepare, runtime, training_state
+from alexnet_triton import checkpoint, data, figures, input_pipeline, prepare, run_files, runtime, training_state
 from alexnet_triton import train as trainer
 from alexnet_triton.train_options import parse_args
 
 TINY = ["--train-size", "128", "--val-size", "40", "--batch-size", "32", "--image-size", "67"]
+SMALL = ["--train-size", "32", "--val-size", "8", "--batch-size", "8", "--image-size", "67"]  # 4 steps an epoch
 
 
 def run_cli(*args: str, cwd, torchrun: int = 0) -> subprocess.CompletedProcess:
@@ -38,8 +40,12 @@ def run_cli(*args: str, cwd, torchrun: int = 0) -> subprocess.CompletedProcess:
 
 
 def step_losses(run_dir) -> dict[int, str]:
+    """steps.csv's losses by step; a step written twice (a resume repeating rows) fails."""
     with open(os.path.join(run_dir, "steps.csv")) as file:
-        return {int(row["step"]): row["loss"] for row in csv.DictReader(file)}
+        rows = [(int(row["step"]), row["loss"]) for row in csv.DictReader(file)]
+    steps = [step for step, _ in rows]
+    assert steps == sorted(set(steps)), f"steps.csv rows out of order or repeated: {steps}"
+    return dict(rows)
 
 
 def final_parameters(run_dir) -> dict[str, torch.Tensor]:
@@ -163,7 +169,7 @@ def test_sigterm_saves_after_the_step_and_the_run_resumes(tmp_path):
     process = subprocess.Popen(command, cwd=tmp_path, env=reference_backend_env(), stdout=subprocess.PIPE, text=True)
     steps = tmp_path / "runs" / "stopped" / "steps.csv"
     deadline = time.monotonic() + 300
-    # steps.csv is flushed row by row, so the first step's row shows the loop is running.
+    # An epoch's first step is a logging point, so the first step's row shows the loop is running.
     while not (steps.exists() and len(steps.read_text().splitlines()) > 1):
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first step"
         time.sleep(0.1)
@@ -318,3 +324,155 @@ def test_a_training_set_smaller_than_one_batch_stops_the_run_at_once(in_process,
     with pytest.raises(ValueError, match=r"20 images, fewer than one batch of --batch-size 32"):
         in_process("--train-size", "20", "--val-size", "10", "--batch-size", "32", "--image-size", "67")
     assert not (tmp_path / "runs").exists(), "refused before the run began"
+
+
+class SyncGuard:
+    """Tensor methods that read a value back to the host (on a GPU: wait for it) made to fail while armed. The
+    failures are recorded too, in case some code swallows the exception."""
+
+    READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+
+    def __init__(self, monkeypatch):
+        self.armed, self.caught = False, []
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._guarded(name, getattr(torch.Tensor, name)))
+
+    def _guarded(self, name, read):
+        def guarded(tensor, *args, **kwargs):
+            if self.armed:
+                self.caught.append(name)
+                raise AssertionError(f"Tensor.{name} inside a training step")
+            return read(tensor, *args, **kwargs)
+
+        return guarded
+
+    @contextlib.contextmanager
+    def set(self, armed: bool):
+        before, self.armed = self.armed, armed
+        try:
+            yield
+        finally:
+            self.armed = before
+
+    def wrap(self, function, armed: bool):
+        def wrapped(*args, **kwargs):
+            with self.set(armed):
+                return function(*args, **kwargs)
+
+        return wrapped
+
+
+class HostBatches:
+    """A training loader whose batches are made with the guard off: the loader runs on the host (its samplers and
+    workers read CPU tensors, which waits for nothing); what the step does with a batch is guarded."""
+
+    def __init__(self, loader, guard: SyncGuard):
+        self.loader, self.guard = loader, guard
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        with self.guard.set(False):
+            batches = iter(self.loader)
+        while True:
+            with self.guard.set(False):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
+
+def test_no_step_reads_the_device_and_steps_csv_is_written_at_logging_points(in_process, tmp_path, monkeypatch):
+    """Between logging points nothing in the loop reads a tensor's value (Tensor.item, tolist, bool, float, int,
+    index, cpu and numpy fail there): on a GPU the host never waits for the device inside a step. steps.csv gets
+    every step's row, in bulk at the logging points: every --log-every 3 steps, an epoch's first step, its end, and
+    a stop between logging points, whose rows are on disk before last.pt is saved, so the resumed run neither
+    loses nor repeats one."""
+    guard = SyncGuard(monkeypatch)
+    monkeypatch.setattr(trainer, "train_one_epoch", guard.wrap(trainer.train_one_epoch, armed=True))
+    monkeypatch.setattr(trainer.StepLog, "read", guard.wrap(trainer.StepLog.read, armed=False))
+    monkeypatch.setattr(trainer, "all_reduce_sum", guard.wrap(trainer.all_reduce_sum, armed=False))
+    make_loader = data.make_loader
+
+    def guarded_loader(*args, drop_last=False, **kwargs):
+        loader = make_loader(*args, drop_last=drop_last, **kwargs)
+        return HostBatches(loader, guard) if drop_last else loader  # the training loader
+
+    monkeypatch.setattr(data, "make_loader", guarded_loader)
+    armed_steps = []
+    training_step = trainer.training_step
+
+    def counted_step(*args, **kwargs):
+        armed_steps.append(guard.armed)
+        return training_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "training_step", counted_step)
+    writes = []  # the steps of each steps.csv write
+    log_steps = run_files.RunFiles.log_steps
+
+    def record_writes(files, rows):
+        writes.append([row[0] for row in rows])
+        return log_steps(files, rows)
+
+    monkeypatch.setattr(run_files.RunFiles, "log_steps", record_writes)
+    rows_at_save = []
+    save = checkpoint.save
+
+    def record_save(state, path):
+        rows_at_save.append((state["position"]["global_step"], sorted(step_losses(tmp_path / "runs" / "guarded"))))
+        return save(state, path)
+
+    monkeypatch.setattr(checkpoint, "save", record_save)
+
+    # 4 steps an epoch; stopped at step 7, between the logging points of steps 6 and 9.
+    flags = [*SMALL, "--epochs", "2", "--log-every", "3", "--name", "guarded"]
+    stopped = in_process(*flags, "--max-steps", "7")
+    assert stopped["stopped"] and stopped["position"]["global_step"] == 7
+    assert rows_at_save == [(4, [1, 2, 3, 4]), (7, list(range(1, 8)))], "rows on disk before each save"
+    finished = in_process("--resume", "runs/guarded", "--log-every", "3")
+    assert not finished["stopped"]
+
+    assert guard.caught == [] and armed_steps == [True] * 8, "every step ran with the reads guarded"
+    # Epoch 1: its first step, step 3, its end; epoch 2: its first step, step 6, the stop; then the resumed run's
+    # first step (the end of its epoch has no row left to write).
+    assert [steps for steps in writes if steps] == [[1], [2, 3], [4], [5], [6], [7], [8]]
+    assert sorted(step_losses(tmp_path / "runs" / "guarded")) == list(range(1, 9))
+    # The epoch's metrics are still those of all its steps.
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "guarded" / "metrics.jsonl").read_text().splitlines()]
+    losses = step_losses(tmp_path / "runs" / "guarded")
+    assert rows[0]["train_loss"] == pytest.approx(sum(float(losses[step]) for step in (1, 2, 3, 4)) / 4, abs=1e-5)
+
+
+@pytest.mark.parametrize("max_steps, seen_at", [(7, "a stop"), (None, "the epoch's end")])
+def test_a_non_finite_loss_names_its_step_and_no_checkpoint_is_saved_after_it(
+    in_process, tmp_path, monkeypatch, max_steps, seen_at
+):
+    """Step 6's images are NaN (4 steps an epoch; the logging points every 100 steps). The run goes on to the next
+    logging point (the stop at step 7, or the epoch's end at step 8: each comes right before a checkpoint would be
+    saved), raises naming step 6, and saves nothing after it: last.pt stays the one of epoch 1's end. steps.csv ends
+    with step 6's row."""
+    calls = 0
+    training_batch = input_pipeline.CpuPipeline.training_batch
+
+    def poisoned_batch(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        images, labels = training_batch(self, *args, **kwargs)
+        return (images * float("nan") if calls == 6 else images), labels
+
+    monkeypatch.setattr(input_pipeline.CpuPipeline, "training_batch", poisoned_batch)
+    saved_at = []
+    save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda state, path: (saved_at.append(state["position"]["global_step"]),
+                                                                   save(state, path)))  # fmt: skip
+
+    flags = [*SMALL, "--epochs", "3", "--log-every", "100", "--name", "nan"]
+    with pytest.raises(FloatingPointError, match=r"^the loss became nan at step 6; try a lower --lr$"):
+        in_process(*flags, *(["--max-steps", str(max_steps)] if max_steps else []))
+    assert calls == {"a stop": 7, "the epoch's end": 8}[seen_at]
+    assert saved_at == [4], "no checkpoint after the non-finite step"
+    assert checkpoint.read(str(tmp_path / "runs" / "nan")).position.global_step == 4
+    losses = step_losses(tmp_path / "runs" / "nan")
+    assert sorted(losses) == list(range(1, 7)) and losses[6] == "nan"
+    assert all(math.isfinite(float(losses[step])) for step in range(1, 6))

@@ -20,7 +20,12 @@ def test_defaults_follow_the_data():
     assert train_options.parse_args(["--epochs", "3"]).epochs == 3
 
 
-@pytest.mark.parametrize("option", ["--epochs", "--batch-size", "--train-size"])
+def test_the_loss_is_read_every_20_steps_unless_told():
+    assert train_options.parse_args([]).log_every == 20
+    assert train_options.parse_args(["--log-every", "1"]).log_every == 1
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--batch-size", "--train-size", "--log-every"])
 def test_sizes_must_be_positive(option, capsys):
     with pytest.raises(SystemExit):
         train_options.parse_args([option, "0"])
