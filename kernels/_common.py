@@ -9,6 +9,7 @@ import threading
 import torch
 import triton
 from torch.library import wrap_triton
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when this package is imported,
 # so the flag is read once here and stays true to what the kernels actually are.
@@ -85,11 +86,36 @@ def expecting(make):
         _pending.make = saved
 
 
+def _tracing_modes() -> tuple[type, ...]:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+    from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
+
+    return (FakeTensorMode, FunctionalTensorMode, ProxyTorchDispatchMode)
+
+
+def traced(args) -> bool:
+    """Whether a tracer or transform sees a call with these arguments: torch.compile (dynamo), a fake, functional or
+    proxy dispatch mode (AOTAutograd, export, make_fx), a functorch transform (vmap, grad), or a tensor subclass
+    among args (FakeTensor, DTensor, ...; a Parameter is a plain tensor). Then ops go through torch.library and
+    launches through wrap_triton, which they understand; otherwise both go straight to the kernels. Other dispatch
+    modes (one that counts launches, say) leave a call as it is."""
+    if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None:
+        return True
+    if torch._C._len_torch_dispatch_stack() and any(
+        isinstance(mode, _tracing_modes()) for mode in _get_current_dispatch_mode_stack()
+    ):
+        return True
+    return any(isinstance(a, torch.Tensor) and type(a) is not torch.Tensor and type(a) is not torch.nn.Parameter
+               for a in args)  # fmt: skip
+
+
 class launcher:  # noqa: N801 (used as launcher(kernel)[grid](...), like the kernel itself)
     """launcher(kernel, expect)[grid](*args, **meta): the kernel's launch, on its first tensor argument's device,
-    with the grid checked against CUDA's limits, through torch.library.wrap_triton so that torch.compile can trace
-    it (the interpreter's kernels, never compiled, launch directly). expect: () -> the trusted answer a tuning
-    candidate must produce (expected.py), called only when the launch tunes."""
+    with the grid checked against CUDA's limits, through torch.library.wrap_triton while something traces it
+    (traced: torch.compile, make_fx), straight otherwise (the interpreter's kernels, never compiled, always).
+    expect: () -> the trusted answer a tuning candidate must produce (expected.py), called only when the launch
+    tunes."""
 
     __slots__ = ("kernel", "expect")
 
@@ -104,10 +130,16 @@ class launcher:  # noqa: N801 (used as launcher(kernel)[grid](...), like the ker
             return check_grid(grid(meta) if callable(grid) else grid, name)
 
         def launch(*args, **kwargs):
-            device = next(arg.device for arg in args if isinstance(arg, torch.Tensor))
-            with device_guard(device), expecting(self.expect):
-                target = self.kernel if INTERPRET else wrap_triton(self.kernel)
-                return target[within_limits](*args, **kwargs)
+            tensor = next(arg for arg in args if isinstance(arg, torch.Tensor))
+            # The first tensor tells: a traced launch gets fake or functional tensors, or runs under a mode.
+            target = wrap_triton(self.kernel) if not INTERPRET and traced((tensor,)) else self.kernel
+            # expecting(self.expect), written out: a generator-based context manager costs microseconds a launch.
+            saved, _pending.make = getattr(_pending, "make", None), self.expect
+            try:
+                with device_guard(tensor.device):
+                    return target[within_limits](*args, **kwargs)
+            finally:
+                _pending.make = saved
 
         return launch
 

@@ -71,9 +71,9 @@ def tuned(gpu_configs: list[triton.Config], key: list[str], interpreter_blocks, 
         if not _common.INTERPRET:
             return CheckedAutotuner(kernel, kernel.arg_names, gpu_configs, key, prune=prune, checked=checked)
         names = list(gpu_configs[0].kwargs)
-        wrapped = triton.heuristics(
-            {name: (lambda args, name=name: interpreter_blocks(args)[name]) for name in names}
-        )(kernel)
+        wrapped = triton.heuristics({name: (lambda args, name=name: interpreter_blocks(args)[name]) for name in names})(
+            kernel
+        )
         wrapped.gpu_configs, wrapped.checked = gpu_configs, tuple(checked)  # what a GPU would tune and check (tests)
         return wrapped
 
@@ -130,16 +130,29 @@ class CheckedAutotuner(triton.runtime.Autotuner):
         # Triton compiles a variant per integer that is 1 or a multiple of 16 and per 16-byte-aligned pointer: each
         # variant is tuned and checked on its own, so those facts are part of the key too.
         self.specialized = [n for n in arg_names if n not in constexprs and n not in unspecialized_names(fn)]
+        self._key_slots = [(name, list(arg_names).index(name)) for name in self.key_names]
+        self._specialized_slots = [(name, list(arg_names).index(name)) for name in self.specialized]
         self.lock = threading.Lock()
+        self._meta: dict[triton.Config, dict] = {}
         self.configs_timings = {}
 
     # -- the key --------------------------------------------------------------------------------------------
 
     def key_of(self, named: dict) -> tuple:
         """The tuning key of a launch's arguments by name (torch.compile's launches pass them all by keyword)."""
-        key = [bucket(named.get(name)) for name in self.key_names]
-        for name in self.specialized:
-            value = named.get(name)
+        return self._key([named.get(name) for name in self.key_names], [named.get(name) for name in self.specialized])
+
+    def _launch_key(self, args: tuple, kwargs: dict) -> tuple:
+        """key_of for a launch's own arguments, read by position (no dict of ~40 names built per launch)."""
+        count = len(args)
+        values = [args[slot] if slot < count else kwargs.get(name) for name, slot in self._key_slots]
+        specialized = [args[slot] if slot < count else kwargs.get(name) for name, slot in self._specialized_slots]
+        return self._key(values, specialized)
+
+    @staticmethod
+    def _key(values: list, specialized: list) -> tuple:
+        key = [bucket(value) for value in values]
+        for value in specialized:
             if isinstance(value, torch.Tensor):
                 key.append((str(value.dtype), value.data_ptr() % 16 == 0))
             elif isinstance(value, int) and not isinstance(value, bool):
@@ -149,14 +162,17 @@ class CheckedAutotuner(triton.runtime.Autotuner):
     # -- launching ------------------------------------------------------------------------------------------
 
     def run(self, *args, **kwargs):
-        named = {**dict(zip(self.arg_names, args, strict=False)), **kwargs}
-        key = self.key_of(named)
+        key = self._launch_key(args, kwargs)
         config = self.cache.get(key)
         if config is None:
+            named = {**dict(zip(self.arg_names, args, strict=False)), **kwargs}
             with self.lock:  # two devices' backward threads may reach one key together
                 config = self.cache.get(key) or self.tune(key, args, kwargs, named)
         self.best_config = config
-        return self.fn.run(*args, **kwargs, **config.all_kwargs())
+        meta = self._meta.get(config)
+        if meta is None:  # config.all_kwargs() builds a dict: once per config, not per launch
+            meta = self._meta[config] = config.all_kwargs()
+        return self.fn.run(*args, **kwargs, **meta)
 
     def tune(self, key: tuple, args: tuple, kwargs: dict, named: dict) -> triton.Config:
         if capturing(named):

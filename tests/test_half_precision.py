@@ -162,7 +162,10 @@ def test_dropout(dtype, device):
     kept = out != 0
     assert 0.25 < 1 - kept.double().mean().item() < 0.35
     ref = x.detach().double() * kept / (1 - p)
-    assert_close(out, ref, TOLERANCE[dtype], "output", magnitude=ref.abs())  # one rounding of each kept value
+    # One rounding of each kept value: relative to the value, but absolute below the dtype's smallest normal number
+    # (fp16's subnormals are 2^-24 apart), which a random gradient reaches now and then.
+    floor = torch.finfo(dtype).tiny
+    assert_close(out, ref, TOLERANCE[dtype], "output", magnitude=ref.abs().clamp_min(floor))
     # Scaled in fp32 and rounded once, as the GPU kernel does.
     scale = torch.tensor(1 / (1 - p), dtype=torch.float32)
     assert torch.equal(out, torch.where(kept, (x.detach().float() * scale).to(dtype), 0))
@@ -170,7 +173,7 @@ def test_dropout(dtype, device):
     (grad_x,) = torch.autograd.grad(out, x, grad)
     assert grad_x.dtype == dtype
     ref_grad = grad.double() * kept / (1 - p)
-    assert_close(grad_x, ref_grad, TOLERANCE[dtype], "input gradient", magnitude=ref_grad.abs())
+    assert_close(grad_x, ref_grad, TOLERANCE[dtype], "input gradient", magnitude=ref_grad.abs().clamp_min(floor))
 
 
 def test_compiled_kernels_are_launched_as_they_are():

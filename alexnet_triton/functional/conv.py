@@ -1,26 +1,22 @@
 """conv2d + bias + ReLU as one operator with autograd: at.conv2d_relu."""
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.library import register_autograd, triton_op
 
 from alexnet_triton import reference
-from alexnet_triton.functional.dispatch import autocast_inputs, backend, traced_as_one_call
+from alexnet_triton.functional.dispatch import autocast_inputs, backend, fused_op, traced_as_one_call
 from alexnet_triton.kernels import conv as conv_kernels
 from alexnet_triton.kernels import conv_grad as conv_grad_kernels
 from alexnet_triton.validation import check_pair, check_same, check_tensor
 
 
-@triton_op("alexnet_triton::conv2d_relu", mutates_args=())
-def _conv2d_relu(
+def _conv2d_relu_kernels(
     input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int], groups: int
 ) -> Tensor:
     return conv_kernels.conv_relu_forward(input, weight, bias, stride, padding, groups)
 
 
-@triton_op("alexnet_triton::conv2d_relu_backward", mutates_args=())
-def _conv2d_relu_backward(
+def _conv2d_relu_backward_kernels(
     grad_out: Tensor,
     out: Tensor,
     input: Tensor,
@@ -57,16 +53,18 @@ def _conv2d_relu_setup_context(ctx, inputs, output):
     ctx.conv = (stride, padding, groups)
 
 
-def _conv2d_relu_grad(ctx, grad_out):
+def _conv2d_relu_grad(ctx, grad_out, *, backward):
     input, weight, out = ctx.saved_tensors
     stride, padding, groups = ctx.conv
     need = list(ctx.needs_input_grad[:3])
-    grads = torch.ops.alexnet_triton.conv2d_relu_backward(grad_out, out, input, weight, stride, padding, groups, need)
+    grads = backward(grad_out, out, input, weight, stride, padding, groups, need)
     grad_input, grad_weight, grad_bias = (g if n else None for g, n in zip(grads, need, strict=True))
     return grad_input, grad_weight, grad_bias, None, None, None
 
 
-register_autograd(_conv2d_relu, _conv2d_relu_grad, setup_context=_conv2d_relu_setup_context)
+_conv2d_relu = fused_op(
+    "conv2d_relu", _conv2d_relu_kernels, _conv2d_relu_setup_context, _conv2d_relu_grad, _conv2d_relu_backward_kernels
+)
 
 
 def _conv_padding(padding, kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
@@ -149,5 +147,5 @@ def conv2d_relu(
     elif backend(input.device) == "torch":
         out = reference.conv2d_relu(input, weight, bias, stride, padding, groups)
     else:
-        out = torch.ops.alexnet_triton.conv2d_relu(input, weight, bias, list(stride), list(padding), groups)
+        out = _conv2d_relu(input, weight, bias, list(stride), list(padding), groups)
     return out.squeeze(0) if unbatched else out

@@ -1,10 +1,12 @@
-"""What every op shares: which implementation runs for a device, autocast for ops autocast does not know, and
-recording an op as one node under torch.fx tracing."""
+"""What every op shares: which implementation runs for a device, the two ways its kernels are called (as a
+torch.library op for whatever traces, straight otherwise), autocast for ops autocast does not know, and recording an
+op as one node under torch.fx tracing."""
 
 import functools
 
 import torch
 from torch import Tensor, fx
+from torch.library import register_autograd, triton_op
 
 from alexnet_triton.kernels import _common
 
@@ -21,6 +23,51 @@ def backend(device: torch.device | str | Tensor) -> str:
     if device.type == "cpu" and _common.INTERPRET:
         return "triton-interpreter"
     return "torch"
+
+
+# ---------------------------------------------------------------------------------------------
+# An op's kernels, traced or called straight
+# ---------------------------------------------------------------------------------------------
+
+
+def fused_op(name: str, forward, setup_context, grad, backward=None):
+    """The op `name` over the kernels of forward (a function with type annotations, as torch.library infers the
+    schema from them): registered as torch.library's triton_op "alexnet_triton::<name>" with autograd, the form
+    torch.compile, export and make_fx understand, and also as a plain autograd.Function. Returns call(*args), which
+    takes the first while a tracer watches (_common.traced) and the second otherwise: an eager call then skips the
+    dispatcher's custom-op machinery (redispatch, its autograd wrapper, the disabled-dynamo frame), most of the
+    host's time per call (bench/results/host-overhead.md). Both run the same kernels with the same arguments.
+
+    setup_context(ctx, inputs, output) saves what the gradient needs; grad(ctx, *grads, backward=...) computes the
+    inputs' gradients with backward(...): the "<name>_backward" op registered from the function backward, or
+    (backward None) the op itself (dropout's gradient is dropout with the same seed)."""
+    registered = triton_op(f"alexnet_triton::{name}", mutates_args=())(forward)
+    op = getattr(torch.ops.alexnet_triton, name)
+    traced_backward = op
+    if backward is not None:
+        triton_op(f"alexnet_triton::{name}_backward", mutates_args=())(backward)
+        traced_backward = getattr(torch.ops.alexnet_triton, f"{name}_backward")
+    register_autograd(registered, functools.partial(grad, backward=traced_backward), setup_context=setup_context)
+
+    straight_grad = torch.autograd.function.once_differentiable(functools.partial(grad, backward=backward or forward))
+
+    def straight_forward(ctx, *args):
+        output = forward(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    # forward(ctx, ...) rather than a separate setup_context: apply then skips binding the arguments to forward's
+    # signature (inspect.signature, a quarter of an eager call's host time).
+    straight = type(
+        name,  # its grad_fn: <name>Backward
+        (torch.autograd.Function,),
+        {"forward": staticmethod(straight_forward), "backward": staticmethod(straight_grad)},
+    )
+
+    def call(*args):
+        return op(*args) if _common.traced(args) else straight.apply(*args)
+
+    return call
 
 
 def autocast_inputs(device: torch.device, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:

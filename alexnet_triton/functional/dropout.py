@@ -2,17 +2,15 @@
 
 import torch
 from torch import Tensor
-from torch.library import register_autograd, triton_op
 
 from alexnet_triton import reference
-from alexnet_triton.functional.dispatch import backend, traced_as_one_call
+from alexnet_triton.functional.dispatch import backend, fused_op, traced_as_one_call
 from alexnet_triton.kernels import _common
 from alexnet_triton.kernels import dropout as dropout_kernels
 from alexnet_triton.validation import check_number, check_tensor
 
 
-@triton_op("alexnet_triton::dropout", mutates_args=())
-def _dropout(input: Tensor, seed: Tensor, p: float, channels_last: bool) -> Tensor:
+def _dropout_kernels(input: Tensor, seed: Tensor, p: float, channels_last: bool) -> Tensor:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return dropout_kernels.dropout(input, seed, p, memory_format)
 
@@ -23,13 +21,13 @@ def _dropout_setup_context(ctx, inputs, output):
     ctx.dropout = (p, channels_last)
 
 
-def _dropout_grad(ctx, grad_out):
+def _dropout_grad(ctx, grad_out, *, backward):
     (seed,) = ctx.saved_tensors
     # The derivative of dropout is dropout with the same mask: the same op, the same seed.
-    return torch.ops.alexnet_triton.dropout(grad_out, seed, *ctx.dropout), None, None, None
+    return backward(grad_out, seed, *ctx.dropout), None, None, None
 
 
-register_autograd(_dropout, _dropout_grad, setup_context=_dropout_setup_context)
+_dropout = fused_op("dropout", _dropout_kernels, _dropout_setup_context, _dropout_grad)
 
 
 @traced_as_one_call
@@ -65,4 +63,4 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, *, seed: int |
     else:
         seed_tensor = torch.full((), seed, device=input.device, dtype=torch.int64)
     channels_last = _common.suggest_memory_format(input) == torch.channels_last
-    return torch.ops.alexnet_triton.dropout(input, seed_tensor, p, channels_last)
+    return _dropout(input, seed_tensor, p, channels_last)

@@ -1,22 +1,18 @@
 """Local response normalization across channels as one operator with autograd: at.local_response_norm."""
 
-import torch
 from torch import Tensor
-from torch.library import register_autograd, triton_op
 
 from alexnet_triton import reference
-from alexnet_triton.functional.dispatch import backend, traced_as_one_call
+from alexnet_triton.functional.dispatch import backend, fused_op, traced_as_one_call
 from alexnet_triton.kernels import lrn as lrn_kernels
 from alexnet_triton.validation import check_tensor, lrn_parameters
 
 
-@triton_op("alexnet_triton::local_response_norm", mutates_args=())
-def _local_response_norm(input: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+def _local_response_norm_kernels(input: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     return lrn_kernels.lrn_forward(input, size, alpha, beta, k)
 
 
-@triton_op("alexnet_triton::local_response_norm_backward", mutates_args=())
-def _local_response_norm_backward(
+def _local_response_norm_backward_kernels(
     grad_out: Tensor, input: Tensor, size: int, alpha: float, beta: float, k: float
 ) -> Tensor:
     return lrn_kernels.lrn_backward(grad_out, input, size, alpha, beta, k)
@@ -28,13 +24,19 @@ def _local_response_norm_setup_context(ctx, inputs, output):
     ctx.lrn = (size, alpha, beta, k)
 
 
-def _local_response_norm_grad(ctx, grad_out):
+def _local_response_norm_grad(ctx, grad_out, *, backward):
     (input,) = ctx.saved_tensors
-    grad_input = torch.ops.alexnet_triton.local_response_norm_backward(grad_out, input, *ctx.lrn)
+    grad_input = backward(grad_out, input, *ctx.lrn)
     return grad_input, None, None, None, None
 
 
-register_autograd(_local_response_norm, _local_response_norm_grad, setup_context=_local_response_norm_setup_context)
+_local_response_norm = fused_op(
+    "local_response_norm",
+    _local_response_norm_kernels,
+    _local_response_norm_setup_context,
+    _local_response_norm_grad,
+    _local_response_norm_backward_kernels,
+)
 
 
 @traced_as_one_call
@@ -63,5 +65,5 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
         x = input.flatten(3)
     else:
         x = input
-    out = torch.ops.alexnet_triton.local_response_norm(x, size, alpha, beta, k)
+    out = _local_response_norm(x, size, alpha, beta, k)
     return out.reshape(input.shape)

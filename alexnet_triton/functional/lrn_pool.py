@@ -1,17 +1,14 @@
 """LRN then max-pool in one pass each way, as one operator with autograd: at.lrn_max_pool2d."""
 
-import torch
 from torch import Tensor
-from torch.library import register_autograd, triton_op
 
 from alexnet_triton import reference
-from alexnet_triton.functional.dispatch import backend, traced_as_one_call
+from alexnet_triton.functional.dispatch import backend, fused_op, traced_as_one_call
 from alexnet_triton.kernels import lrn_pool as lrn_pool_kernels
 from alexnet_triton.validation import check_pool_window, check_tensor, lrn_parameters
 
 
-@triton_op("alexnet_triton::lrn_max_pool2d", mutates_args=())
-def _lrn_max_pool2d(
+def _lrn_max_pool2d_kernels(
     input: Tensor,
     size: int,
     alpha: float,
@@ -25,8 +22,7 @@ def _lrn_max_pool2d(
     return lrn_pool_kernels.lrn_max_pool_forward(input, size, alpha, beta, k, kernel_size, stride, padding)
 
 
-@triton_op("alexnet_triton::lrn_max_pool2d_backward", mutates_args=())
-def _lrn_max_pool2d_backward(
+def _lrn_max_pool2d_backward_kernels(
     grad_out: Tensor,
     input: Tensor,
     positions: Tensor,
@@ -52,13 +48,19 @@ def _lrn_max_pool2d_setup_context(ctx, inputs, output):
     ctx.lrn_pool = arguments
 
 
-def _lrn_max_pool2d_grad(ctx, grad_out, _grad_positions):
+def _lrn_max_pool2d_grad(ctx, grad_out, _grad_positions, *, backward):
     input, positions = ctx.saved_tensors
-    grad_input = torch.ops.alexnet_triton.lrn_max_pool2d_backward(grad_out, input, positions, *ctx.lrn_pool)
+    grad_input = backward(grad_out, input, positions, *ctx.lrn_pool)
     return grad_input, *([None] * len(ctx.lrn_pool))
 
 
-register_autograd(_lrn_max_pool2d, _lrn_max_pool2d_grad, setup_context=_lrn_max_pool2d_setup_context)
+_lrn_max_pool2d = fused_op(
+    "lrn_max_pool2d",
+    _lrn_max_pool2d_kernels,
+    _lrn_max_pool2d_setup_context,
+    _lrn_max_pool2d_grad,
+    _lrn_max_pool2d_backward_kernels,
+)
 
 
 @traced_as_one_call
@@ -105,7 +107,5 @@ def lrn_max_pool2d(
 
     if backend(input.device) == "torch":
         return reference.lrn_max_pool2d(input, size, kernel, stride, padding, alpha=alpha, beta=beta, k=k)
-    out, _ = torch.ops.alexnet_triton.lrn_max_pool2d(
-        input, size, alpha, beta, k, list(kernel), list(stride), list(padding)
-    )
+    out, _ = _lrn_max_pool2d(input, size, alpha, beta, k, list(kernel), list(stride), list(padding))
     return out

@@ -1,23 +1,21 @@
 """Max-pooling as one operator with autograd, saving 1-byte window positions: at.max_pool2d."""
 
-import torch
 from torch import Tensor
-from torch.library import register_autograd, triton_op
 
 from alexnet_triton import reference
-from alexnet_triton.functional.dispatch import backend, traced_as_one_call
+from alexnet_triton.functional.dispatch import backend, fused_op, traced_as_one_call
 from alexnet_triton.kernels import pool as pool_kernels
 from alexnet_triton.validation import check_pair, check_pool_window, check_tensor
 
 
-@triton_op("alexnet_triton::max_pool2d", mutates_args=())
-def _max_pool2d(input: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
+def _max_pool2d_kernels(
+    input: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]
+) -> tuple[Tensor, Tensor]:
     """(output, window position of each maximum)."""
     return pool_kernels.max_pool_forward(input, kernel_size, stride, padding)
 
 
-@triton_op("alexnet_triton::max_pool2d_backward", mutates_args=())
-def _max_pool2d_backward(
+def _max_pool2d_backward_kernels(
     grad_out: Tensor,
     positions: Tensor,
     input_shape: list[int],
@@ -36,13 +34,15 @@ def _max_pool2d_setup_context(ctx, inputs, output):
     ctx.pool = (list(input.shape), kernel_size, stride, padding)
 
 
-def _max_pool2d_grad(ctx, grad_out, _grad_positions):
+def _max_pool2d_grad(ctx, grad_out, _grad_positions, *, backward):
     (positions,) = ctx.saved_tensors
-    grad_input = torch.ops.alexnet_triton.max_pool2d_backward(grad_out, positions, *ctx.pool)
+    grad_input = backward(grad_out, positions, *ctx.pool)
     return grad_input, None, None, None
 
 
-register_autograd(_max_pool2d, _max_pool2d_grad, setup_context=_max_pool2d_setup_context)
+_max_pool2d = fused_op(
+    "max_pool2d", _max_pool2d_kernels, _max_pool2d_setup_context, _max_pool2d_grad, _max_pool2d_backward_kernels
+)
 
 
 @traced_as_one_call
@@ -85,5 +85,5 @@ def max_pool2d(
         return reference.max_pool2d(input, kernel, stride, padding)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    out, _ = torch.ops.alexnet_triton.max_pool2d(x, list(kernel), list(stride), list(padding))
+    out, _ = _max_pool2d(x, list(kernel), list(stride), list(padding))
     return out.squeeze(0) if unbatched else out
