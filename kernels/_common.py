@@ -95,12 +95,15 @@ def _tracing_modes() -> tuple[type, ...]:
 
 
 def traced(args) -> bool:
-    """Whether a tracer or transform sees a call with these arguments: torch.compile (dynamo), a fake, functional or
-    proxy dispatch mode (AOTAutograd, export, make_fx), a functorch transform (vmap, grad), or a tensor subclass
+    """Whether a tracer or transform sees a call with these arguments: torch.compile (dynamo), torch.jit.trace, a
+    fake, functional or proxy dispatch mode (AOTAutograd, export, make_fx), a functorch transform (vmap, grad), or a
+    tensor subclass
     among args (FakeTensor, DTensor, ...; a Parameter is a plain tensor). Then ops go through torch.library and
     launches through wrap_triton, which they understand; otherwise both go straight to the kernels. Other dispatch
     modes (one that counts launches, say) leave a call as it is."""
     if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None:
+        return True
+    if torch._C._get_tracing_state() is not None:  # torch.jit.trace: it records ops, not the kernels' launches
         return True
     if torch._C._len_torch_dispatch_stack() and any(
         isinstance(mode, _tracing_modes()) for mode in _get_current_dispatch_mode_stack()

@@ -70,3 +70,28 @@ def test_traced_says_yes_to_tracers_and_no_to_plain_calls(monkeypatch):
     assert torch.func.vmap(lambda t: torch.tensor(_common.traced((t,))) + t)(torch.zeros(2)).tolist() == [1.0, 1.0]
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert _common.traced((plain,))
+
+
+def test_dropout_is_twice_differentiable_either_way(device, monkeypatch):
+    # Its gradient is dropout with the same seed, itself differentiable: d(grad)/d(upstream) is the mask, scaled.
+    if at.backend(device) == "torch":
+        pytest.skip("the reference path calls no kernels (TRITON_INTERPRET unset on a CPU)")
+    x = (torch.rand(6, 50, device=device) + 0.5).requires_grad_()
+    for way in ("straight", "traced"):
+        if way == "traced":
+            monkeypatch.setattr(_common, "traced", lambda args: True)
+        out = at.dropout(x, 0.4, seed=11)
+        upstream = torch.ones_like(out, requires_grad=True)
+        (grad_x,) = torch.autograd.grad(out, x, upstream, create_graph=True)
+        (second,) = torch.autograd.grad(grad_x.sum(), upstream)
+        assert torch.equal(second, (out != 0).to(x.dtype) / 0.6), way
+
+
+def test_jit_trace_records_the_op_and_the_trace_runs_it(device):
+    if at.backend(device) == "torch":
+        pytest.skip("the reference path calls no kernels (TRITON_INTERPRET unset on a CPU)")
+    x = torch.randn(2, 3, 9, 9, device=device)
+    traced = torch.jit.trace(lambda t: at.max_pool2d(t, 3, 2), x)
+    assert "alexnet_triton::max_pool2d" in str(traced.graph), traced.graph
+    other = torch.randn(2, 3, 9, 9, device=device)
+    assert torch.equal(traced(other), at.max_pool2d(other, 3, 2))

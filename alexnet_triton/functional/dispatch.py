@@ -39,8 +39,10 @@ def fused_op(name: str, forward, setup_context, grad, backward=None):
     host's time per call (bench/results/host-overhead.md). Both run the same kernels with the same arguments.
 
     setup_context(ctx, inputs, output) saves what the gradient needs; grad(ctx, *grads, backward=...) computes the
-    inputs' gradients with backward(...): the "<name>_backward" op registered from the function backward, or
-    (backward None) the op itself (dropout's gradient is dropout with the same seed)."""
+    inputs' gradients with backward(...): the "<name>_backward" op registered from the function backward (traced)
+    or that function (straight), or (backward None) the op itself, so twice differentiable (dropout's gradient is
+    dropout with the same seed). User dispatch modes that only watch (a checkpointing policy, say) see an eager
+    call's ATen ops, not the op."""
     registered = triton_op(f"alexnet_triton::{name}", mutates_args=())(forward)
     op = getattr(torch.ops.alexnet_triton, name)
     traced_backward = op
@@ -49,7 +51,14 @@ def fused_op(name: str, forward, setup_context, grad, backward=None):
         traced_backward = getattr(torch.ops.alexnet_triton, f"{name}_backward")
     register_autograd(registered, functools.partial(grad, backward=traced_backward), setup_context=setup_context)
 
-    straight_grad = torch.autograd.function.once_differentiable(functools.partial(grad, backward=backward or forward))
+    def straight_backward(*args):  # a tracer may see the backward alone (compiled autograd): the op then
+        return traced_backward(*args) if _common.traced(args) else backward(*args)
+
+    def straight_grad(ctx, *grads):  # a function, not a partial: compiled autograd takes only functions
+        return grad(ctx, *grads, backward=straight_backward if backward is not None else call)
+
+    if backward is not None:  # a kernel's backward has no gradient of its own; dropout's is dropout, which has one
+        straight_grad = torch.autograd.function.once_differentiable(straight_grad)
 
     def straight_forward(ctx, *args):
         output = forward(*args)
