@@ -75,15 +75,22 @@ def pending_expectation():
     return make() if make is not None else None
 
 
-@contextlib.contextmanager
-def expecting(make):
-    """Within it, a launch on this thread that tunes checks its candidates against make() (launcher does this)."""
-    saved = getattr(_pending, "make", None)
-    _pending.make = make
-    try:
-        yield
-    finally:
-        _pending.make = saved
+class expecting:  # noqa: N801 (a context manager used as a function: with expecting(make): ...)
+    """Within it, a launch on this thread that tunes checks its candidates against make() (launcher does this).
+    A class rather than a generator-based context manager: it is entered on every launch, and a generator's costs
+    microseconds."""
+
+    __slots__ = ("make", "saved")
+
+    def __init__(self, make):
+        self.make = make
+
+    def __enter__(self):
+        self.saved = getattr(_pending, "make", None)
+        _pending.make = self.make
+
+    def __exit__(self, *exc):
+        _pending.make = self.saved
 
 
 def _tracing_modes() -> tuple[type, ...]:
@@ -136,13 +143,8 @@ class launcher:  # noqa: N801 (used as launcher(kernel)[grid](...), like the ker
             tensor = next(arg for arg in args if isinstance(arg, torch.Tensor))
             # The first tensor tells: a traced launch gets fake or functional tensors, or runs under a mode.
             target = wrap_triton(self.kernel) if not INTERPRET and traced((tensor,)) else self.kernel
-            # expecting(self.expect), written out: a generator-based context manager costs microseconds a launch.
-            saved, _pending.make = getattr(_pending, "make", None), self.expect
-            try:
-                with device_guard(tensor.device):
-                    return target[within_limits](*args, **kwargs)
-            finally:
-                _pending.make = saved
+            with device_guard(tensor.device), expecting(self.expect):
+                return target[within_limits](*args, **kwargs)
 
         return launch
 
