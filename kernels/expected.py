@@ -460,13 +460,17 @@ def crop_normalize(images, boxes, shift, mean, scale, size, out_dtype, table=Non
     return Within(results, [PerImage("crops", reference, boxes.shape[0], per_crop)])
 
 
+def resampling_matrix(starts: torch.Tensor, weights: torch.Tensor, source: int) -> torch.Tensor:
+    """(R, S) float64: row i holds target pixel i's weights on the source pixels (augment.resampling's table)."""
+    matrix = torch.zeros(len(starts), source, dtype=torch.float64, device=weights.device)
+    columns = (starts.long()[:, None] + torch.arange(weights.shape[1], device=weights.device)).clamp(max=source - 1)
+    return matrix.scatter_add_(1, columns, weights.double())
+
+
 def _resampled(images, samples, starts, weights):
     """(M, R, R, 3) float64: images[samples] rescaled by the table, along rows then columns, each pass rounded to
     whole grey levels (halves up) as a uint8 resize stores them."""
-    side, taps = images.shape[1], weights.shape[1]
-    matrix = torch.zeros(len(starts), side, dtype=torch.float64, device=images.device)  # (R, S)
-    columns = (starts.long()[:, None] + torch.arange(taps, device=images.device)).clamp(max=side - 1)
-    matrix.scatter_add_(1, columns, weights.double())
+    matrix = resampling_matrix(starts, weights, images.shape[1])
     pixels = images[samples].double()  # (M, S, S, 3)
     along_rows = torch.einsum("xs,mysc->myxc", matrix, pixels).add(0.5).floor().clamp(0, 255)
     return torch.einsum("ys,msxc->myxc", matrix, along_rows).add(0.5).floor().clamp(0, 255)
