@@ -9,7 +9,7 @@ from alexnet_triton.kernels._common import SUPPORTED_DTYPES
 
 def check_tensor(name: str, value, *, ndims: Sequence[int] | None = None, min_ndim: int = 0) -> None:
     """A floating tensor with one of the ranks in ndims (any rank when None) and at least min_ndim."""
-    if not isinstance(value, torch.Tensor):
+    if type(value) not in _PLAIN_TENSORS and not isinstance(value, torch.Tensor):  # isinstance: ~1 us on a Tensor
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dim() < min_ndim:
         raise ValueError(f"{name} must be at least {min_ndim}-D, got shape {tuple(value.shape)}")
@@ -19,6 +19,9 @@ def check_tensor(name: str, value, *, ndims: Sequence[int] | None = None, min_nd
     if value.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
         raise TypeError(f"{name} must have a floating dtype ({names}), got {value.dtype}")
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def check_same(name: str, value: torch.Tensor, like_name: str, like: torch.Tensor) -> None:
@@ -45,6 +48,12 @@ def lrn_parameters(size, alpha, beta, k) -> tuple[int, float, float, float]:
 
 def check_pair(name: str, value, *, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a (height, width) tuple."""
+    # What layers pass, checked first in a few type tests (every call of an op checks its pairs).
+    if type(value) is int and value >= minimum:
+        return (value, value)
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if value[0] >= minimum and value[1] >= minimum:
+            return value
     items = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, Sequence) else None
     if items is None or len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")

@@ -64,7 +64,7 @@ from datetime import datetime, timezone
 import torch
 import torch.nn.functional as F
 import triton
-from alexnet_triton.kernels import _common, autotune
+from alexnet_triton.kernels import _common, autotune, launch_cache
 from alexnet_triton.kernels import conv_tuning as tuning
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -92,17 +92,29 @@ FUNCTIONAL_MODULES = tuple(
 
 
 class LaunchLog:
-    """The Triton launches the stubs saw, by kernel name, each with the phase it happened in."""
+    """The Triton launches the stubs saw, by kernel name, each with the phase it happened in; with `arguments` a
+    list, also what each compiled launch was given (described: tensors by dtype, shape and strides)."""
 
     def __init__(self):
         self.launches: list[tuple[str, str]] = []
         self.phase = "-"
+        self.arguments: list | None = None
 
-    def record(self, name: str) -> None:
+    def record(self, name: str, launch_arguments: tuple = ()) -> None:
         self.launches.append((self.phase, name))
+        if self.arguments is not None:
+            self.arguments.append((name, [_described(value) for value in launch_arguments]))
 
     def clear(self) -> None:
         self.launches.clear()
+
+
+def _described(value):
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(value.dtype), tuple(value.shape), value.stride(), value.data_ptr() % 16)
+    if value is None or isinstance(value, (int, float, bool, str)):
+        return value
+    return f"{type(value).__name__}@{id(value)}"  # a hook chain, a handle: the same object or not
 
 
 TRITON = LaunchLog()
@@ -121,7 +133,7 @@ class StubKernel:
         return None  # CompiledKernel.launch_metadata's answer without a launch_enter_hook
 
     def run(self, *launch_arguments) -> None:
-        TRITON.record(self.name)
+        TRITON.record(self.name, launch_arguments)
 
 
 class StubDriver:
@@ -198,6 +210,7 @@ def compiled_path_on_cpu(*, stub_at: str = "launch", sms: int | None = None) -> 
         "tune": autotune.CheckedAutotuner.__dict__["tune"],
         "sm_count": tuning.sm_count,
     }
+    launch_cache.forget()  # launches remembered outside are not the stubs' (and theirs must not outlive them)
     try:
         for module in modules:
             module.backend = _on_the_compiled_path
@@ -209,6 +222,7 @@ def compiled_path_on_cpu(*, stub_at: str = "launch", sms: int | None = None) -> 
         tuning.sm_count = (lambda device: sms) if sms is not None else saved["sm_count"]
         yield
     finally:
+        launch_cache.forget()
         for module, backend in zip(modules, saved["backends"], strict=True):
             module.backend = backend
         driver._active = saved["driver"]
@@ -685,6 +699,7 @@ def self_check(image_size: int = 67) -> dict:
                        for kernel in caches[0].values()]  # fmt: skip
             facts["cached_kernels"] = len(kernels)
             facts["cached_kernels_all_stubs"] = all(isinstance(kernel, StubKernel) for kernel in kernels)
+            facts["remembered_launches"] = remembered_launches()
 
             pool = lambda: at.max_pool2d(x, 3, 2)  # noqa: E731
             facts["pool"] = sequence(count_call(pool))
@@ -736,6 +751,73 @@ def self_check(image_size: int = 67) -> dict:
         batch: sequence(count_training_step(twin, batch, image_size, warm_steps=1)) for batch in (2, 3)
     }
     return facts
+
+
+def remembered_launches() -> dict:
+    """Per op case, forward and backward: the compiled launches of a call at a new key (the whole way through the
+    autotuner and JITFunction.run), of the same call repeated (launch_cache's way), whether they were given the
+    same arguments, and how often JITFunction.run ran during the repeat; and the repeat once more with a launch
+    hook set (which must go the whole way again)."""
+    from triton.runtime.jit import JITFunction
+
+    runs = {"count": 0}
+    jit_run = JITFunction.run
+
+    def counted_run(self, *args, **kwargs):
+        runs["count"] += 1
+        return jit_run(self, *args, **kwargs)
+
+    facts = {}
+    JITFunction.run = counted_run
+    TRITON.arguments = []
+    try:
+        for name, case in small_cases().items():
+            launch_cache.forget()
+            call = make_call(case, "ours", "forward+backward")
+            seen = []
+            for hooked in (False, False, True):
+                TRITON.arguments.clear()
+                runs["count"] = 0
+                with launch_hook(_no_op_hook) if hooked else contextlib.nullcontext():
+                    call()
+                seen.append((list(TRITON.arguments), runs["count"]))
+            (first, first_runs), (again, again_runs), (hooked_args, hooked_runs) = seen
+            facts[name] = {
+                "launches": len(first),
+                "same_arguments": first == again,
+                "jit_runs_first": first_runs,
+                "jit_runs_again": again_runs,
+                "jit_runs_hooked": hooked_runs,
+            }
+    finally:
+        JITFunction.run = jit_run
+        TRITON.arguments = None
+        launch_cache.forget()
+    return facts
+
+
+@contextlib.contextmanager
+def launch_hook(hook) -> Iterator[None]:
+    """Triton's launch_enter_hook set to hook within: added to its HookChain (Triton 3.5+), else the knob itself."""
+    from triton import knobs
+
+    chain = knobs.runtime.launch_enter_hook
+    if hasattr(chain, "add"):
+        chain.add(hook)
+        try:
+            yield
+        finally:
+            chain.remove(hook)
+        return
+    knobs.runtime.launch_enter_hook = hook
+    try:
+        yield
+    finally:
+        knobs.runtime.launch_enter_hook = chain
+
+
+def _no_op_hook(metadata) -> None:
+    """A launch hook that does nothing (as a profiler's would, in effect): launches must go the whole way."""
 
 
 def machine() -> dict:

@@ -11,6 +11,8 @@ import triton
 from torch.library import wrap_triton
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
+from . import launch_cache
+
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when this package is imported,
 # so the flag is read once here and stays true to what the kernels actually are.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
@@ -125,7 +127,7 @@ class launcher:  # noqa: N801 (used as launcher(kernel)[grid](...), like the ker
     with the grid checked against CUDA's limits, through torch.library.wrap_triton while something traces it
     (traced: torch.compile, make_fx), straight otherwise (the interpreter's kernels, never compiled, always).
     expect: () -> the trusted answer a tuning candidate must produce (expected.py), called only when the launch
-    tunes."""
+    tunes. A compiled launch at a key it has run at before goes straight to its compiled kernel (launch_cache)."""
 
     __slots__ = ("kernel", "expect")
 
@@ -134,17 +136,29 @@ class launcher:  # noqa: N801 (used as launcher(kernel)[grid](...), like the ker
         self.expect = expect
 
     def __getitem__(self, grid):
-        name = _kernel_name(self.kernel)
-
-        def within_limits(meta):
-            return check_grid(grid(meta) if callable(grid) else grid, name)
+        kernel, expect = self.kernel, self.expect
 
         def launch(*args, **kwargs):
             tensor = next(arg for arg in args if isinstance(arg, torch.Tensor))
+            ran = []
+
+            def within_limits(meta):
+                ran.append(check_grid(grid(meta) if callable(grid) else grid, _kernel_name(kernel)))
+                return ran[-1]
+
             # The first tensor tells: a traced launch gets fake or functional tensors, or runs under a mode.
-            target = wrap_triton(self.kernel) if not INTERPRET and traced((tensor,)) else self.kernel
-            with device_guard(tensor.device), expecting(self.expect):
-                return target[within_limits](*args, **kwargs)
+            if not INTERPRET and traced((tensor,)):
+                with device_guard(tensor.device), expecting(expect):
+                    return wrap_triton(kernel)[within_limits](*args, **kwargs)
+            key = None if INTERPRET else launch_cache.key(kernel, tensor.device, grid, args, kwargs)
+            with device_guard(tensor.device):
+                if launch_cache.run(key, args):
+                    return None
+                with expecting(expect):
+                    compiled = kernel[within_limits](*args, **kwargs)
+                if key is not None and ran:
+                    launch_cache.remember(key, kernel, compiled, ran[-1], args, kwargs)
+                return compiled
 
         return launch
 
@@ -191,9 +205,19 @@ def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host sizes. triton.cdiv is a Triton function: called on the host it costs microseconds."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), in plain Python for the same reason as cdiv."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
 def block(size: int, low: int, high: int) -> int:
     """The power of two covering size, clamped to [low, high]."""
-    return max(low, min(high, triton.next_power_of_2(max(int(size), 1))))
+    return max(low, min(high, next_power_of_2(max(int(size), 1))))
 
 
 # Past the first tile (DESIGN.md, "Tests"): the interpreter's blocks otherwise cover a whole test shape, so a test

@@ -179,7 +179,7 @@ def crop_normalize(
         return out
 
     def grid(meta):
-        return (count, triton.cdiv(3 * size * size, meta["BLOCK"]))
+        return (count, _common.cdiv(3 * size * size, meta["BLOCK"]))
 
     def expect():
         table = (starts, weights) if resize != side else None

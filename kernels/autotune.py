@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, launch_cache
 from .expected import compare, rounding_unit
 
 TUNE_MODES = ("full", "first")
@@ -175,6 +175,7 @@ class CheckedAutotuner(triton.runtime.Autotuner):
         return self.fn.run(*args, **kwargs, **meta)
 
     def tune(self, key: tuple, args: tuple, kwargs: dict, named: dict) -> triton.Config:
+        launch_cache.forget()  # what launches remember may rest on a config this replaces
         if capturing(named):
             raise AutotuneError(
                 f"{self.base_fn.__name__}: a launch during CUDA graph capture would tune (key {key}); run the "

@@ -82,7 +82,7 @@ def dropout(x: torch.Tensor, seed: torch.Tensor, p: float, memory_format: torch.
     scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
 
     def grid(meta):
-        return (triton.cdiv(numel, meta["BLOCK"]),)
+        return (_common.cdiv(numel, meta["BLOCK"]),)
 
     def expect():
         return expected.DropoutMask(x, p, scale, results=lambda: [out])

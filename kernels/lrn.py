@@ -167,7 +167,7 @@ def _lrn_bwd_kernel(
 
 
 def _size_meta(size: int) -> dict:
-    return {"SIZE": size, "SIZE_P2": triton.next_power_of_2(size)}
+    return {"SIZE": size, "SIZE_P2": _common.next_power_of_2(size)}
 
 
 @_common.bf16_in_fp32_under_interpreter
@@ -179,7 +179,7 @@ def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float)
         return out
 
     def grid(meta):
-        return (triton.cdiv(N * H * W, meta["BLOCK_S"]),)
+        return (_common.cdiv(N * H * W, meta["BLOCK_S"]),)
 
     def expect():
         return expected.lrn(x, size, alpha, beta, k, results=lambda: [out])
@@ -205,7 +205,7 @@ def lrn_backward(
         return dx
 
     def grid(meta):
-        return (triton.cdiv(N * H * W, meta["BLOCK_S"]),)
+        return (_common.cdiv(N * H * W, meta["BLOCK_S"]),)
 
     def expect():
         return expected.lrn_grad(x, grad_out, size, alpha, beta, k, results=lambda: [dx])

@@ -287,7 +287,7 @@ def lrn_max_pool_forward(
         return out, pos
 
     def grid(meta):
-        return (triton.cdiv(N * OH * OW, meta["BLOCK_S"]), triton.cdiv(C, meta["BLOCK_C"]))
+        return (_common.cdiv(N * OH * OW, meta["BLOCK_S"]), _common.cdiv(C, meta["BLOCK_C"]))
 
     def expect():
         return expected.lrn_max_pool(x, size, alpha, beta, k, kernel, stride, padding, results=lambda: [out, pos])
@@ -325,7 +325,7 @@ def lrn_max_pool_backward(
         return dx
 
     def grid(meta):
-        return (triton.cdiv(N * H * W, meta["BLOCK_S"]),)
+        return (_common.cdiv(N * H * W, meta["BLOCK_S"]),)
 
     def expect():
         return expected.lrn_max_pool_grad(
@@ -337,7 +337,7 @@ def lrn_max_pool_backward(
         C, N * H * W, H, W, OH, OW,
         *x.stride(), *grad_out.stride(), *pos.stride(), *dx.stride(),
         alpha / size, beta, k, 2.0 * alpha * beta / size,
-        SIZE=size, SIZE_P2=triton.next_power_of_2(size), **_window_meta(kernel, stride, padding),
-        WINDOWS_P2=triton.next_power_of_2(_windows_per_pixel(kernel, stride)),
+        SIZE=size, SIZE_P2=_common.next_power_of_2(size), **_window_meta(kernel, stride, padding),
+        WINDOWS_P2=_common.next_power_of_2(_windows_per_pixel(kernel, stride)),
     )
     return dx

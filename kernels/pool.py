@@ -184,7 +184,7 @@ def max_pool_forward(
         return out, pos
 
     def grid(meta):
-        return (triton.cdiv(total, meta["BLOCK"]),)
+        return (_common.cdiv(total, meta["BLOCK"]),)
 
     def expect():
         return expected.max_pool(x, kernel, stride, padding, results=lambda: [out, pos])
@@ -217,7 +217,7 @@ def max_pool_backward(
         return dx
 
     def grid(meta):
-        return (triton.cdiv(total, meta["BLOCK"]),)
+        return (_common.cdiv(total, meta["BLOCK"]),)
 
     def expect():
         return expected.max_pool_grad(grad_out, pos, input_shape, kernel, stride, padding, results=lambda: [dx])

@@ -178,3 +178,14 @@ def test_replay_gives_back_the_samples():
 def test_an_interpreter_process_refuses_to_measure():
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"), host.compiled_path_on_cpu():
         pass
+
+
+def test_a_repeated_launch_goes_straight_to_its_compiled_kernel_with_the_same_arguments(measured):
+    remembered = measured["checks"]["remembered_launches"]
+    assert set(remembered) == set(host.small_cases())
+    for case, facts in remembered.items():
+        assert facts["launches"] >= 2, case  # forward and backward
+        assert facts["jit_runs_first"] >= 1, case  # a new key goes the whole way ...
+        assert facts["jit_runs_again"] == 0, case  # ... and its repeat straight to the compiled launcher
+        assert facts["same_arguments"], f"{case}: the remembered launch was given other arguments than the first"
+        assert facts["jit_runs_hooked"] == facts["launches"], f"{case}: a launch hook must see every launch"
