@@ -265,10 +265,15 @@ class AlexNet(nn.Module):
 
     def exchange(self, features: list[Tensor]) -> list[Tensor]:
         """Every tower gets all towers' features, concatenated along channels in tower order: the
-        other tower's are copied to this tower's device (asynchronously where the devices allow)."""
+        other tower's are copied to this tower's device (asynchronously where the devices allow). Towers on one
+        device share one concatenation (one launch, and one gradient sum in the backward, instead of two)."""
         if len(features) == 1:
             return features
-        return [torch.cat([f.to(tower.device, non_blocking=True) for f in features], dim=1) for tower in self.towers]
+        joined: dict[torch.device, Tensor] = {}
+        for tower in self.towers:
+            if tower.device not in joined:
+                joined[tower.device] = torch.cat([f.to(tower.device, non_blocking=True) for f in features], dim=1)
+        return [joined[tower.device] for tower in self.towers]
 
     def _each_tower(self, stage: tuple[Layer, ...], inputs: list[Tensor]) -> list[Tensor]:
         """Run one stage on every tower; on one GPU with tower_streams, each tower on its own stream."""

@@ -55,6 +55,8 @@ def fused_op(name: str, forward, setup_context, grad, backward=None):
         return traced_backward(*args) if _common.traced(args) else backward(*args)
 
     def straight_grad(ctx, *grads):  # a function, not a partial: compiled autograd takes only functions
+        if grads[0] is None:  # grads are not materialized (below): nothing flows back into the op's result
+            return (None,) * len(ctx.needs_input_grad)
         return grad(ctx, *grads, backward=straight_backward if backward is not None else call)
 
     if backward is not None:  # a kernel's backward has no gradient of its own; dropout's is dropout, which has one
@@ -63,6 +65,8 @@ def fused_op(name: str, forward, setup_context, grad, backward=None):
     def straight_forward(ctx, *args):
         output = forward(*args)
         setup_context(ctx, args, output)
+        # A pool's window positions never get a gradient: left None rather than filled with zeros (a launch per call).
+        ctx.set_materialize_grads(False)
         return output
 
     # forward(ctx, ...) rather than a separate setup_context: apply then skips binding the arguments to forward's
