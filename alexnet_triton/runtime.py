@@ -133,3 +133,12 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, 
     """A batch on device; images (N, C, H, W) in channels_last when asked."""
     memory_format = torch.channels_last if channels_last and images.dim() == 4 else torch.contiguous_format
     return images.to(device, non_blocking=True, memory_format=memory_format), labels.to(device, non_blocking=True)
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """--compile: torch.compile of model (its DistributedDataParallel wrapper included), for fixed shapes: the trainer
+    runs one training and one evaluation batch size, each compiled once (dynamic=False: no symbolic batch size for
+    the fused ops' launchers to handle). Each fused op stays one node of the compiled graph (a torch.library
+    triton_op); on a CPU they take their reference math (reference.py), which torch.compile traces through. The
+    wrapper shares model's parameters; checkpoints are written from model itself, so their names stay the same."""
+    return torch.compile(model, dynamic=False)

@@ -20,14 +20,20 @@ Unreadable images in --data are skipped with a warning naming the file (the next
 place); a missing or empty data folder, a folder without class subfolders, a corrupt checkpoint or one
 trained for another number of classes stop the run with a message that names it.
 
+On a GPU each training step, after 3 warm-up steps, replays one CUDA graph of the whole step (forward, loss,
+backward, the SGD update), and evaluation replays one of its forward pass (--no-cuda-graphs: eager steps);
+--compile runs the network through torch.compile.
+
 This file holds train_one_epoch, the epoch loop and main; the rest has its own module: train_options.py
 (the command line and its defaults), evaluation.py (evaluate, --evaluate), data.py (datasets, loaders),
-input_pipeline.py (crops on the device), training_state.py (network, optimizer, schedule), checkpoint.py
-(what a checkpoint holds), run_files.py (logs and figures), runtime.py (processes, devices, signals, memory).
+input_pipeline.py (crops on the device), training_state.py (network, optimizer, schedule), step_graph.py (a step
+as one CUDA graph), checkpoint.py (what a checkpoint holds), run_files.py (logs and figures), runtime.py
+(processes, devices, signals, memory, torch.compile).
 """
 
 import argparse
 import datetime
+import functools
 import math
 import os
 import sys
@@ -39,9 +45,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from alexnet_triton import checkpoint, data, figures, input_pipeline
+from alexnet_triton import checkpoint, data, figures, input_pipeline, step_graph
 from alexnet_triton.checkpoint import Position
-from alexnet_triton.evaluation import evaluate, evaluate_checkpoint
+from alexnet_triton.evaluation import evaluate, evaluate_checkpoint, forward_pass
 from alexnet_triton.run_files import RunFiles
 from alexnet_triton.runtime import (
     Runtime,
@@ -49,6 +55,7 @@ from alexnet_triton.runtime import (
     all_reduce_sum,
     autocast,
     check_ranks_agree,
+    compiled,
     start_runtime,
     stop_runtime,
 )
@@ -66,10 +73,12 @@ EVALUATION_BATCH_FACTOR = 4
 # ---------------------------------------------------------------------------------------------
 
 
-def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, runtime: Runtime, stop, files: RunFiles):
-    """Train model (state.model, or its DistributedDataParallel wrapper) until the epoch ends, a stop is
-    requested or --max-steps is reached; returns the training metrics of the batches run in this call.
-    pipeline (input_pipeline.py) turns each loader batch into crops on the device.
+def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, runtime: Runtime, stop, files: RunFiles,
+                    step=None):  # fmt: skip
+    """Train model (state.model, or its DistributedDataParallel or torch.compile wrapper) until the epoch ends, a
+    stop is requested or --max-steps is reached; returns the training metrics of the batches run in this call.
+    pipeline (input_pipeline.py) turns each loader batch into crops on the device; step runs each SGD step
+    (training_step).
 
     Nothing in the loop reads a value from the device (DESIGN.md, "Syncs"): StepLog keeps the steps' numbers
     there and reads them at logging points only, the last one before this returns, so a non-finite loss is
@@ -95,7 +104,7 @@ def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, r
         return loss_sum, correct
 
     for batch in bar:
-        loss, logits, labels = training_step(model, state, batch, pipeline, args, runtime)
+        loss, logits, labels = training_step(model, state, batch, pipeline, args, runtime, step)
         position.batches_done += 1
         position.global_step += 1
         log.add(position.global_step, position.epoch + 1, state.optimizer.param_groups[0]["lr"], loss, logits, labels)
@@ -117,11 +126,22 @@ def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, r
     }
 
 
-def training_step(model, state: TrainingState, batch, pipeline, args, runtime: Runtime):
-    """One step of SGD on a loader batch; returns (loss, logits, labels), device tensors nobody has read."""
-    optimizer, scaler = state.optimizer, state.scaler
+def training_step(model, state: TrainingState, batch, pipeline, args, runtime: Runtime, step=None):
+    """One step of SGD on a loader batch; returns (loss, logits, labels), device tensors nobody has read.
+    step(images, labels) -> (loss, logits) runs it: sgd_step, or a step_graph.GraphedStep of it that replays one CUDA
+    graph (its outputs then change at the next step: StepLog.add reads them at once). None: sgd_step of model."""
     images, labels = pipeline.training_batch(batch, runtime.device, args.channels_last)
-    with autocast(args.amp, runtime.device):
+    if step is None:
+        step = functools.partial(sgd_step, model, state, args.amp, runtime.device)
+    loss, logits = step(images, labels)
+    return loss, logits, labels
+
+
+def sgd_step(model, state: TrainingState, amp: str, device: torch.device, images, labels):
+    """Forward, loss, backward and the optimizer's update on a batch on the device; returns (loss, logits), detached.
+    The same work eagerly or captured into a CUDA graph (step_graph.py): nothing here reads the device."""
+    optimizer, scaler = state.optimizer, state.scaler
+    with autocast(amp, device):
         logits = model(images)
     loss = F.cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
@@ -132,7 +152,29 @@ def training_step(model, state: TrainingState, batch, pipeline, args, runtime: R
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach(), logits.detach(), labels
+    return loss.detach(), logits.detach()
+
+
+def graphed_steps(model, state: TrainingState, args, runtime: Runtime):
+    """(training step, evaluation pass): each replays a CUDA graph under --cuda-graphs (step_graph.py), unless this
+    run cannot (a line says why, once), else runs eagerly. Built after any resume: a graph bakes in the addresses of
+    the optimizer's state, which a resume replaces."""
+    train_step = functools.partial(sgd_step, model, state, args.amp, runtime.device)
+    evaluation_pass = forward_pass(model, args.amp, runtime.device, ten_crop=False)
+    graphs = step_graph.graphs_for(
+        args.cuda_graphs, runtime.device, args.amp, args.devices, runtime.world_size, runtime.is_main
+    )
+    if graphs is None:
+        return train_step, evaluation_pass
+    train_step = step_graph.GraphedStep(
+        train_step, graphs, name="training step", warmup=step_graph.TRAINING_WARMUP,
+        prepare=lambda: state.optimizer.zero_grad(set_to_none=True),
+        baked=lambda: step_graph.hyperparameters(state.optimizer),
+    )  # fmt: skip
+    evaluation_pass = step_graph.GraphedStep(
+        evaluation_pass, graphs, name="evaluation pass", warmup=step_graph.EVALUATION_WARMUP
+    )
+    return train_step, evaluation_pass
 
 
 class StepLog:
@@ -164,7 +206,7 @@ class StepLog:
 
     def add(self, step: int, epoch: int, lr: float, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
         """A step's numbers, kept on the device."""
-        loss = loss.double()
+        loss = loss.to(torch.float64, copy=True)  # a copy: a graph's replay overwrites its loss at the next step
         self.loss_sum += loss * len(labels)
         self.correct += (logits.argmax(1) == labels).sum()
         self.steps += 1
@@ -224,6 +266,9 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
         state.restore(resumed, args.resume)
     position = state.position
     ddp_model = DistributedDataParallel(state.model) if runtime.world_size > 1 else state.model
+    if args.compile:  # checkpoints keep state.model's own names; steps run the compiled wrapper
+        ddp_model = compiled(ddp_model)
+    train_step, evaluation_pass = graphed_steps(ddp_model, state, args, runtime)
 
     pipeline = input_pipeline.choose(
         train_set, val_set, args.image_size, state.stats, args.seed, runtime.device, augment=args.augment
@@ -256,11 +301,15 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
             train_loader = data.make_loader(
                 train_view, remaining, args.batch_size, args.workers, runtime.device, args.seed, drop_last=True
             )
-            train_metrics = train_one_epoch(ddp_model, state, train_loader, pipeline, args, runtime, stop, files)
+            train_metrics = train_one_epoch(
+                ddp_model, state, train_loader, pipeline, args, runtime, stop, files, train_step
+            )
             if position.batches_done < steps_per_epoch:  # stopped mid-epoch
                 save("last.pt")
                 return stopped(position, folder, runtime)
-            metrics = evaluate(ddp_model, val_loader, args, runtime, ten_crop=False, pipeline=pipeline)
+            metrics = evaluate(
+                ddp_model, val_loader, args, runtime, ten_crop=False, pipeline=pipeline, forward=evaluation_pass
+            )
             lr = state.optimizer.param_groups[0]["lr"]  # the rate this epoch trained at
             state.schedule(metrics["val_top1_error"], epochs_done=position.epoch + 1, epochs=args.epochs)
             row = {"epoch": position.epoch + 1, "lr": lr, **train_metrics, **metrics}

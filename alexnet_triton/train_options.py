@@ -3,6 +3,7 @@ data (the built-in shapes dataset or ImageNet-like --data)."""
 
 import argparse
 
+from alexnet_triton import step_graph
 from alexnet_triton.cli_help import HelpWithDefaults
 from alexnet_triton.runtime import resolve_device
 
@@ -84,6 +85,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where crops, flips and lighting are made: auto = one fused GPU kernel for a prepared store on "
         "CUDA, the loader workers otherwise",
     )
+    run.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        help=f"after {step_graph.TRAINING_WARMUP} warm-up steps, replay each training step (forward, loss, backward, "
+        "the SGD update) as one CUDA graph over static input buffers, and evaluation's forward pass likewise at its "
+        "batch size; captured again when the learning rate changes and after --resume. Off, with a line saying why, "
+        "for --devices, torchrun and --amp fp16; a capture that fails says why and the run goes on without graphs "
+        "(default: on a GPU; a CPU has none)",
+    )
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network, once for the training and once for the evaluation batch size; on a GPU "
+        "each fused op stays one node of the compiled graph, on a CPU their reference math is compiled; works with "
+        "--cuda-graphs",
+    )
     run.add_argument("--seed", type=int, default=0, help="seeds data, augmentation, initialisation and dropout")
     run.add_argument(
         "--log-every",
@@ -103,6 +120,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     on_gpu = resolve_device(args.device).type == "cuda"
     if args.channels_last is None:
         args.channels_last = on_gpu
+    if args.cuda_graphs is None:
+        args.cuda_graphs = on_gpu
+    elif args.cuda_graphs and not on_gpu:
+        parser.error("--cuda-graphs needs a GPU (a CUDA graph replays GPU work); leave it out on a CPU")
     if args.amp == "fp16" and not on_gpu:
         parser.error("--amp fp16 needs a GPU (a CPU has no fast fp16, and no loss scaling runs there); use --amp bf16")
     for key in ("image_size", "epochs", "batch_size", "init", "final_lr_epochs"):

@@ -35,8 +35,9 @@ class Tuner:
 @pytest.fixture(autouse=True)
 def empty_cache_and_a_driver():
     """No remembered launches before or after; Triton's active driver answering for a GPU (this machine has none)."""
-    from bench.host import StubDriver
     from triton.runtime.driver import driver
+
+    from bench.host import StubDriver
 
     saved = driver._active
     driver.set_active(StubDriver())

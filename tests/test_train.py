@@ -20,11 +20,22 @@ import numpy as np
 import pytest
 import torch
 from alexnet_triton.kernels import _common
+from graph_fakes import FakeGraphs
 from helpers import reference_backend_env
 from image_tree import write_shapes_tree
 from PIL import Image
 
-from alexnet_triton import checkpoint, data, figures, input_pipeline, prepare, run_files, runtime, training_state
+from alexnet_triton import (
+    checkpoint,
+    data,
+    figures,
+    input_pipeline,
+    prepare,
+    run_files,
+    runtime,
+    step_graph,
+    training_state,
+)
 from alexnet_triton import train as trainer
 from alexnet_triton.train_options import parse_args
 
@@ -383,13 +394,27 @@ class HostBatches:
             yield batch
 
 
-def test_no_step_reads_the_device_and_steps_csv_is_written_at_logging_points(in_process, tmp_path, monkeypatch):
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
+def test_no_step_reads_the_device_and_steps_csv_is_written_at_logging_points(in_process, tmp_path, monkeypatch,
+                                                                             graphs):  # fmt: skip
     """Between logging points nothing in the loop reads a tensor's value (Tensor.item, tolist, bool, float, int,
     index, cpu and numpy fail there): on a GPU the host never waits for the device inside a step. steps.csv gets
     every step's row, in bulk at the logging points: every --log-every 3 steps, an epoch's first step, its end, and
     a stop between logging points, whose rows are on disk before last.pt is saved, so the resumed run neither
-    loses nor repeats one."""
+    loses nor repeats one. With graphs, the steps replay CUDA graphs (graph_fakes.FakeGraphs here): what the host
+    does around a replay (the copy into the static buffers, the check of the baked learning rate) reads nothing."""
     guard = SyncGuard(monkeypatch)
+    if graphs:
+        fakes, graphed_steps = [], trainer.graphed_steps
+
+        def with_fake_graphs(model, state, args, rt):
+            args.cuda_graphs = True  # the command line refuses it on a CPU
+            monkeypatch.setattr(step_graph, "CudaGraphs", lambda device: fakes.append(FakeGraphs()) or fakes[-1])
+            steps = graphed_steps(model, state, args, rt)
+            fakes[-1].model, fakes[-1].optimizer = state.model, state.optimizer
+            return steps
+
+        monkeypatch.setattr(trainer, "graphed_steps", with_fake_graphs)
     monkeypatch.setattr(trainer, "train_one_epoch", guard.wrap(trainer.train_one_epoch, armed=True))
     monkeypatch.setattr(trainer.StepLog, "read", guard.wrap(trainer.StepLog.read, armed=False))
     monkeypatch.setattr(trainer, "all_reduce_sum", guard.wrap(trainer.all_reduce_sum, armed=False))
@@ -434,6 +459,8 @@ def test_no_step_reads_the_device_and_steps_csv_is_written_at_logging_points(in_
     assert not finished["stopped"]
 
     assert guard.caught == [] and armed_steps == [True] * 8, "every step ran with the reads guarded"
+    if graphs:  # steps 1-3 warm up, 4-7 replay (5 at a new rate); the resumed run's step 8 warms up
+        assert [fake.replays for fake in fakes] == [4, 0]
     # Epoch 1: its first step, step 3, its end; epoch 2: its first step, step 6, the stop; then the resumed run's
     # first step (the end of its epoch has no row left to write).
     assert [steps for steps in writes if steps] == [[1], [2, 3], [4], [5], [6], [7], [8]]

@@ -37,3 +37,21 @@ def test_fp16_is_refused_on_a_cpu(capsys):
         train_options.parse_args(["--device", "cpu", "--amp", "fp16"])
     assert "--amp fp16 needs a GPU" in capsys.readouterr().err
     assert train_options.parse_args(["--device", "cpu", "--amp", "bf16"]).amp == "bf16"
+
+
+def test_cuda_graphs_are_the_default_on_a_gpu_and_refused_on_a_cpu(capsys):
+    assert train_options.parse_args(["--device", "cuda"]).cuda_graphs is True
+    assert train_options.parse_args(["--device", "cuda", "--no-cuda-graphs"]).cuda_graphs is False
+    assert train_options.parse_args(["--device", "cpu"]).cuda_graphs is False, "off on a CPU, silently"
+    assert train_options.parse_args(["--device", "cpu", "--no-cuda-graphs"]).cuda_graphs is False
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit) as stopped:
+        train_options.parse_args(["--device", "cpu", "--cuda-graphs"])
+    assert stopped.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.endswith("error: --cuda-graphs needs a GPU (a CUDA graph replays GPU work); leave it out on a CPU")
+
+
+def test_compile_is_off_unless_asked_for():
+    assert train_options.parse_args([]).compile is False
+    assert train_options.parse_args(["--compile"]).compile is True
