@@ -255,9 +255,11 @@ def pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     eval mode (no batch statistics, dropout off), so the real rows' outputs do not depend on the padding."""
     if len(tensor) >= rows:
         return tensor
-    padded = tensor.new_zeros((rows, *tensor.shape[1:]))
-    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
-        padded = padded.contiguous(memory_format=torch.channels_last)
+    # Dimensions in tensor's memory order (outermost first), so that the padded batch has the full batches' strides
+    # (channels_last, and ten crops' 5-D views of it too): a CUDA graph replays only for the strides it captured.
+    order = sorted(range(tensor.dim()), key=lambda dim: (dim != 0, -tensor.stride(dim)))
+    shape = (rows, *tensor.shape[1:])
+    padded = tensor.new_zeros([shape[dim] for dim in order]).permute([order.index(dim) for dim in range(tensor.dim())])
     padded[: len(tensor)] = tensor
     return padded
 

@@ -93,16 +93,23 @@ def hyperparameters(optimizer: torch.optim.Optimizer) -> tuple:
 
 
 class CudaGraphs:
-    """torch.cuda's part: a side stream on device, the warm-up and capture run on, and CUDA graphs captured there.
+    """torch.cuda's part: a side stream on device, the warm-up and capture run on, and CUDA graphs captured there
+    into one memory pool.
 
     Capture is "thread_local": a DataLoader's pin-memory thread allocates pinned memory during the capture (a CUDA
-    call that the default "global" mode makes fail the capture, and the loader with it)."""
+    call that the default "global" mode makes fail the capture, and the loader with it).
+
+    One pool for every graph (the training step's and evaluation's): a graph's pool stays reserved while it lives,
+    so two pools would need both at once. Sharing is safe because graphs never replay at once, and what one graph's
+    later reader needs (the parameters' gradients, each graph's outputs, read before the next replay) stays allocated,
+    so another capture cannot take it."""
 
     def __init__(self, device: torch.device):
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
         self.device = device
         self.stream = torch.cuda.Stream(device)
+        self.pool = torch.cuda.graph_pool_handle()
 
     @contextlib.contextmanager
     def side_stream(self):
@@ -119,9 +126,32 @@ class CudaGraphs:
     def capture(self, step: Callable[[], Sequence[torch.Tensor]]):
         """(graph, outputs): step's launches recorded into a new CUDA graph (nothing runs), and its outputs."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-            outputs = step()
+        main = torch.cuda.current_stream(self.device)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+                outputs = step()
+        except BaseException:
+            if torch.cuda.current_stream(self.device) == self.stream:
+                self._abandon(main)
+            raise
         return graph, outputs
+
+    def _abandon(self, main: torch.cuda.Stream) -> None:
+        """After a capture whose end failed (the step did something a capture forbids: a sync, a host read), which
+        torch.cuda.graph leaves half-done: its stream still current and the allocator still sending this thread's
+        allocations to the pool, which no later empty_cache or out-of-memory retry tolerates. Both are undone here,
+        and the pool's blocks handed back (the graph never ended, so nothing else would)."""
+        torch.cuda.set_stream(main)
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        for name in ("_cuda_endAllocateToPool", "_cuda_releasePool"):  # private: absent in some releases
+            undo = getattr(torch._C, name, None)
+            if undo is None:
+                continue
+            try:
+                undo(index, self.pool)
+            except RuntimeError:  # already undone by this release of torch
+                pass
+        self.pool = torch.cuda.graph_pool_handle()  # the old one is spent
 
 
 class GraphedStep:
@@ -151,14 +181,17 @@ class GraphedStep:
                 return self.step(*self.inputs)
         baked = self.baked()
         if self.graph is None or baked != self.baked_at_capture:
+            failure = None
             try:
                 self._capture(baked)
             except Exception as error:  # noqa: BLE001 (whatever fails the capture, the step runs on eagerly)
+                failure = _cause(error)
+            if failure is not None:  # outside the except block: its traceback would keep the failed graph alive
                 self.release()
                 self.failed = True
-                reason = str(error).strip().splitlines()
+                reason = str(failure).strip().splitlines()
                 warn(f"CUDA graph capture of the {self.name} failed, so it runs without a graph from here on: "
-                     f"{type(error).__name__}: {reason[0] if reason else ''}")  # fmt: skip
+                     f"{type(failure).__name__}: {reason[0] if reason else ''}")  # fmt: skip
                 return self.step(*inputs)
         self.graph.replay()
         self.replays += 1
@@ -185,3 +218,10 @@ class GraphedStep:
     def release(self) -> None:
         """Drop the graph and its outputs (the next call captures again, if it replays)."""
         self.graph = self.outputs = self.baked_at_capture = None
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The error that made a capture fail: when ending the capture raised ("operation failed due to a previous error
+    during capture"), the one raised inside it, which that error's context holds."""
+    context = error.__context__
+    return context if isinstance(context, Exception) and "capture" in str(error).lower() else error

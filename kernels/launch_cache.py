@@ -9,7 +9,10 @@ it closes over. So the first launch at a key goes the whole way and leaves here 
 it ran on and its constexprs (the tuned config's included); a later launch at the key calls the compiled launcher
 directly, with the arguments JITFunction.run would have passed (bench/results/host-overhead.md). The compiled path
 only: the interpreter's launches, and launches while a Triton launch hook is set (a profiler), always go the whole
-way (a hook reads each launch's metadata, which this does not build)."""
+way (a hook reads each launch's metadata, which this does not build).
+
+Triton's own settings that change what it compiles (TRITON_DEBUG, instrumentation) are read when a key is first
+launched: set them before the first launch, or call forget() after changing them."""
 
 import types
 from typing import NamedTuple
@@ -44,23 +47,42 @@ def _grid_key(grid):
         return grid
     if not isinstance(grid, types.FunctionType):
         return None
-    values = tuple(cell.cell_contents for cell in grid.__closure__ or ())
-    if not all(type(value) in (int, bool, float) for value in values):
+    try:
+        values = tuple(cell.cell_contents for cell in grid.__closure__ or ())
+    except ValueError:  # a cell not yet assigned
+        return None
+    if not all(type(value) in _SCALARS for value in values):
         return None
     return (grid.__code__, values)
 
 
 def key(kernel, device: torch.device, grid, args: tuple, kwargs: dict) -> tuple | None:
+    """The launch's key, or None where it cannot have one: an argument that is neither a plain tensor (or
+    Parameter) nor a number (a tensor subclass, a tensor passed by keyword), or a grid that closes over one."""
     grid_key = _grid_key(grid)
     if grid_key is None:
         return None
-    # type() rather than isinstance, which costs a microsecond per argument on torch.Tensor: a straight launch's
-    # tensors are plain tensors or Parameters (any other subclass is traced and never gets here).
-    signature = tuple([(arg.dtype, arg.data_ptr() & 15) if type(arg) in _TENSORS else arg for arg in args])
-    return (kernel, device, grid_key, signature, tuple(kwargs.items()))
+    signature = []
+    for arg in args:
+        kind = type(arg)  # type() rather than isinstance, which costs a microsecond per argument on torch.Tensor
+        if kind in _TENSORS:
+            signature.append((arg.dtype, arg.data_ptr() & 15))
+        elif kind is int:
+            signature.append(arg)
+        elif kind in _SCALARS:
+            signature.append((kind, arg))  # True, 1 and 1.0 are equal keys, and compile differently
+        else:
+            return None
+    constexprs = []
+    for name, value in kwargs.items():
+        if type(value) not in _SCALARS:
+            return None
+        constexprs.append((name, type(value), value))
+    return (kernel, device, grid_key, tuple(signature), tuple(constexprs))
 
 
 _TENSORS = (torch.Tensor, torch.nn.Parameter)
+_SCALARS = (int, bool, float, type(None))
 
 
 def remember(launch_key: tuple, target, compiled, grid: tuple, args: tuple, kwargs: dict) -> None:
@@ -93,7 +115,8 @@ def run(launch_key: tuple | None, args: tuple) -> bool:
     compiled = launch.kernel
     active = driver.active
     stream = active.get_current_stream(active.get_current_device())
-    # launch_metadata is what a hook would read; none is set, so None, as CompiledKernel.launch_metadata answers.
+    # launch_metadata is what a hook reads, and no hook is set (_hooked), so it is never read: None. (JITFunction.run
+    # builds it anyway where Triton keeps its hooks in HookChains, as from 3.5 on.)
     compiled.run(
         *launch.grid, stream, compiled.function, compiled.packed_metadata, None, enter, leave,
         *args, *launch.constexprs,

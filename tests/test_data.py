@@ -114,3 +114,16 @@ def test_pad_rows_appends_zero_rows_in_the_tensors_memory_format(channels_last):
     assert data.pad_rows(tensor, 3) is tensor and data.pad_rows(tensor, 2) is tensor
     labels = data.pad_rows(torch.tensor([4, 5]), 4)
     assert labels.tolist() == [4, 5, 0, 0]
+
+
+def test_pad_rows_keeps_the_strides_of_ten_crop_batches():
+    """Ten crops reach the network as 5-D views of channels_last crops; a padded last batch must have the full
+    batches' strides, or a CUDA graph captured for them would not replay it."""
+
+    def ten_crops(count):
+        return torch.rand(count * 10, 3, 6, 6).contiguous(memory_format=torch.channels_last).unflatten(0, (count, 10))
+
+    partial = ten_crops(2) + 1
+    padded = data.pad_rows(partial, 5)
+    assert padded.shape == (5, 10, 3, 6, 6) and padded.stride() == ten_crops(5).stride()
+    assert torch.equal(padded[:2], partial) and not padded[2:].any()

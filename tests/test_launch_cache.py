@@ -72,6 +72,31 @@ def test_a_key_sees_dtype_alignment_values_constexprs_device_and_grid_sizes():
     assert len({base, *others}) == len(others) + 1
 
 
+def test_numbers_python_calls_equal_but_triton_compiles_apart_get_different_keys():
+    x = torch.zeros(4)
+    keys = [launch_cache.key("k", x.device, (1,), (x, value), {}) for value in (1, True, 1.0)]
+    assert len(set(keys)) == 3
+    constexprs = [launch_cache.key("k", x.device, (1,), (x,), {"FLAG": value}) for value in (1, True)]
+    assert constexprs[0] != constexprs[1]
+
+
+def test_a_launch_with_an_argument_it_cannot_key_is_never_remembered():
+    x = torch.zeros(4)
+    assert launch_cache.key("k", x.device, (1,), (x,), {"other_ptr": x}) is None  # a tensor by keyword
+    assert launch_cache.key("k", x.device, (1,), (x, "text"), {}) is None
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert launch_cache.key("k", x.device, (1,), (x, x.as_subclass(Sub)), {}) is None
+
+    def grid(meta):  # closes over a variable assigned after it is made
+        return (later,)
+
+    assert launch_cache.key("k", x.device, grid, (x,), {}) is None
+    later = 1  # noqa: F841 (the closure's cell, assigned too late for the key above)
+
+
 def test_a_grid_closing_over_anything_but_numbers_is_never_remembered():
     x = torch.zeros(4)
 

@@ -122,6 +122,21 @@ def test_a_failed_capture_warns_once_and_every_later_step_runs_eagerly(capsys):
     ]
 
 
+def test_a_failed_capture_is_reported_by_the_error_raised_inside_it():
+    """When the step does what a capture forbids, ending the capture raises its own error, whose context holds the
+    one that says what went wrong; the warning names that one."""
+    try:
+        try:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")  # noqa: B904
+    except RuntimeError as ended:
+        assert "previous error" in str(ended) and ended.__context__ is not None
+        assert "not permitted" in str(step_graph._cause(ended))
+    tuning = ValueError("no config fits")
+    assert step_graph._cause(tuning) is tuning
+
+
 def test_the_hyperparameters_a_graph_bakes_in():
     toy = Toy(seed=0)
     before = step_graph.hyperparameters(toy.optimizer)
@@ -252,3 +267,7 @@ def test_on_a_gpu_a_capture_that_fails_warns_and_the_step_runs_eagerly(capsys):
     # would not advance).
     first, second = (at.dropout(torch.ones(4096, device=device), 0.5) != 0 for _ in range(2))
     assert 0.4 < first.float().mean().item() < 0.6 and not torch.equal(first, second)
+    # The half-ended capture was undone: this thread is back on its own stream, and the allocator, no longer
+    # sending allocations to the abandoned pool, can free its cache (it asserts while a capture is underway).
+    assert torch.cuda.current_stream(device) == torch.cuda.default_stream(device)
+    torch.cuda.empty_cache()
