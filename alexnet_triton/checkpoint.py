@@ -18,7 +18,9 @@ import torch
 
 from alexnet_triton import durable
 
-FORMAT = 1  # the on-disk layout; raise it when a field changes meaning
+# The on-disk layout; raise it when a field changes meaning. 2: rng holds each process's generators by rank (format 1
+# held one process's, which every process restored).
+FORMAT = 2
 
 
 class CheckpointError(ValueError):
@@ -105,7 +107,7 @@ class TrainingCheckpoint:
     position: Position
     best_top1_error: float
     history: list[dict]  # the rows of metrics.jsonl so far
-    rng: dict  # rng_state()
+    rng: dict  # {"ranks": [rng_state() of each process, by rank]} (format 1: one rng_state(), for every process)
     stats: dict[str, torch.Tensor]  # augmentation.rgb_statistics of the training set
     config: ModelConfig
     classes: list[str]
@@ -141,6 +143,22 @@ class TrainingCheckpoint:
         values = {f.name: state[f.name] for f in fields(cls) if f.name in state}
         values["position"], values["config"] = Position(**state["position"]), ModelConfig(**state["config"])
         return cls(**values)
+
+    @property
+    def processes(self) -> int | None:
+        """How many processes wrote the checkpoint (None for format 1, which did not say)."""
+        return len(self.rng["ranks"]) if "ranks" in self.rng else None
+
+    def check_processes(self, world_size: int, path: str) -> None:
+        """A resume runs as many processes as the run it continues: each process's share of the data and its random
+        generators are its own (a different number would train other batches on other dropout streams)."""
+        count = self.processes
+        if count is not None and count != world_size:
+            fix = f"torchrun --nproc-per-node {count} (or nodes x processes per node = {count})"
+            raise CheckpointError(
+                f"checkpoint {path!r} was written by {count} process{'es' if count > 1 else ''}, this run has "
+                f"{world_size}; resume it with {'one process (no torchrun)' if count == 1 else fix}"
+            )
 
     def check_classes(self, num_classes: int, path: str) -> None:
         if self.config.num_classes != num_classes:
@@ -206,15 +224,34 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def rng_state() -> dict:
-    """Every random generator a training step draws from (dropout seeds, shuffling on the CPU)."""
+def rng_state(devices=()) -> dict:
+    """This process's random generators a training step draws from (dropout's seeds): PyTorch's CPU generator
+    ("torch"), and ("cuda", where the network runs on CUDA) the generator of each CUDA device in devices, in that
+    order: this process's device, or --devices' two. A checkpoint holds one of these per process, by rank."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda = [torch.device(device) for device in devices if torch.device(device).type == "cuda"]
+    if cuda:
+        state["cuda"] = [torch.cuda.get_rng_state(device) for device in cuda]
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(rng: dict, rank: int = 0, world_size: int = 1, devices=(), path: str = "checkpoint") -> None:
+    """Restore this process's generators from a checkpoint's rng: rank's own (rng_state()), each saved CUDA state to
+    the CUDA device at the same place in devices (a device with none saved, or a run now on the CPU, keeps what it
+    was seeded with). A checkpoint written by another number of processes is refused (CheckpointError). Format 1
+    (one process's generators, every CUDA device's) restores as it did: the same into every process, the CUDA
+    states into the devices this machine has."""
+    if "ranks" not in rng:
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            for index, state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state, index)
+        return
+    if len(rng["ranks"]) != world_size:
+        raise CheckpointError(f"checkpoint {path!r} holds the random generators of {len(rng['ranks'])} process(es), "
+                              f"this run has {world_size}")  # fmt: skip
+    own = rng["ranks"][rank]
+    torch.set_rng_state(own["torch"])
+    cuda = [torch.device(device) for device in devices if torch.device(device).type == "cuda"]
+    for device, state in zip(cuda, own.get("cuda", []), strict=False):
+        torch.cuda.set_rng_state(state, device)

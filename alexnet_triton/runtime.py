@@ -1,12 +1,16 @@
 """The trainer's process and device: one process or one of torchrun's, its device, the sums and checks
-across processes, and the Ctrl-C / SIGTERM request to stop after the current step."""
+across processes, each process's random stream, and the Ctrl-C / SIGTERM request to stop, which several processes
+agree on together with a non-finite loss (StopRequest, agree)."""
 
 import ctypes
 import ctypes.util
+import math
 import os
 import signal
+import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -102,22 +106,139 @@ def check_ranks_agree(model: torch.nn.Module, runtime: Runtime) -> None:
         print(f"all {runtime.world_size} ranks agree on the final weights")
 
 
-class StopRequest:
-    """Set by Ctrl-C or SIGTERM; the loop saves and exits after the current step. A second Ctrl-C
-    stops at once."""
+# A second SIGINT this soon after the stop request, in a process of several, is the terminal's Ctrl-C forwarded by the
+# torchrun agent (its handler forwards it at once, milliseconds later); a person's second Ctrl-C comes later.
+FORWARDED_SIGINT_S = 2.0
 
-    def __init__(self):
-        self.requested = False
+
+class StopRequest:
+    """Ctrl-C or SIGTERM: the run stops where it can continue from, saves last.pt and exits; --resume continues it.
+    A second Ctrl-C stops at once.
+
+    In one process the loop stops after the current step: `requested` is the host's own flag, read after every step
+    at no cost. With several processes (torchrun) the stop is a decision every process makes together. A signal
+    reaches one process (a preempted worker), or each at its own moment, and a process that left the loop alone would
+    leave the others inside a collective it never joins (gloo aborts with a size mismatch, NCCL hangs until its
+    timeout). So the processes agree (agree(): one all-reduce of two numbers, the stop and StepLog's non-finite-loss
+    verdict) at the points every process reaches at the same step: the training loop's logging points (every
+    --log-every N steps, an epoch's first step and its end, where the host reads the device anyway) and the end of
+    each evaluation. Every process then leaves the loop after that same step, and `agreed` says so. A stop asked
+    between two logging points waits for the next one: up to N - 1 more steps; one asked during evaluation is agreed
+    when the evaluation (whose sums are themselves an all-reduce) is over.
+
+    Ctrl-C at a terminal reaches torchrun's workers twice: from the terminal, and forwarded by the torchrun agent a
+    moment later; so with several processes a second SIGINT within FORWARDED_SIGINT_S of the first is that same
+    Ctrl-C, and only a later one stops at once."""
+
+    def __init__(self, runtime: Runtime | None = None, every: int = 1):
+        self.runtime = runtime or Runtime(0, 1, torch.device("cpu"))
+        self.every = every  # the steps between agreement points (--log-every), for the message
+        self.requested = False  # a signal reached this process
+        self.agreed = False  # every process knows a stop was asked for (in one process: requested)
+        self.requested_at = -math.inf  # time.monotonic() of the request
+
+    @property
+    def now(self) -> bool:
+        """Whether the loop leaves after the current step: this process's request in one process, the agreed stop in
+        several (read at any step; it changes only at an agreement point)."""
+        return self.agreed if self.runtime.world_size > 1 else self.requested
+
+    def agree(self, nonfinite: tuple[int, float] | None = None) -> "Verdict":
+        """An agreement point: every process calls it at the same step (a collective in several processes, nothing
+        in one). nonfinite: this process's first non-finite loss (step, value) since its last agreement, or None.
+        Returns the verdict of all processes; a stop in it stays agreed."""
+        verdict = agree(self.runtime, self.requested, nonfinite)
+        self.agreed = self.agreed or verdict.stop
+        return verdict
 
     def install(self) -> None:
         def handler(signum, frame):
+            now = time.monotonic()
             if self.requested and signum == signal.SIGINT:
+                if self.runtime.world_size > 1 and now - self.requested_at < FORWARDED_SIGINT_S:
+                    return  # torchrun's copy of the terminal's Ctrl-C
                 raise KeyboardInterrupt
-            self.requested = True
-            print(f"\n{signal.Signals(signum).name}: saving after this step (Ctrl-C again to stop at once)")
+            self.requested, self.requested_at = True, now
+            name = signal.Signals(signum).name
+            if self.runtime.world_size > 1:
+                print(
+                    f"\n{name} on rank {self.runtime.rank}: every process stops at the next logging point (within "
+                    f"{self.every} steps) or evaluation's end, and saves (Ctrl-C again to stop at once)"
+                )
+            else:
+                print(f"\n{name}: saving after this step (Ctrl-C again to stop at once)")
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+
+
+@dataclass
+class Verdict:
+    """What every process agreed at an agreement point."""
+
+    stop: bool  # some process was asked to stop
+    nonfinite: tuple[int, int, float] | None = None  # the earliest non-finite loss: (step, rank, value)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A non-finite loss, agreed by every process: each raises it, naming the same step and rank."""
+
+
+# Non-finite values, coded into an agreement's key: (step * world_size + rank) * 3 + kind.
+NON_FINITE = (math.nan, math.inf, -math.inf)
+NO_KEY = 2**62  # no non-finite loss on this process
+
+
+def agree(runtime: Runtime, stop: bool, nonfinite: tuple[int, float] | None) -> Verdict:
+    """Every process's stop request and non-finite-loss verdict combined: one all-reduce (MIN) of two int64s, -1 for a
+    stop and the earliest non-finite loss's key, so the verdict names its step and, where two processes saw one at
+    the same step, the lower rank. One process: its own verdict, no collective."""
+    if runtime.world_size == 1:
+        return Verdict(stop, None if nonfinite is None else (nonfinite[0], 0, nonfinite[1]))
+    key = NO_KEY
+    if nonfinite is not None:
+        step, value = nonfinite
+        kind = 0 if math.isnan(value) else (1 if value > 0 else 2)
+        key = (step * runtime.world_size + runtime.rank) * 3 + kind
+    tensor = torch.tensor([-1 if stop else 0, key], dtype=torch.int64, device=runtime.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    stop_value, key = tensor.tolist()
+    if key == NO_KEY:
+        return Verdict(stop_value < 0)
+    (step, rank), kind = divmod(key // 3, runtime.world_size), key % 3
+    return Verdict(stop_value < 0, (step, rank, NON_FINITE[kind]))
+
+
+def gather_objects(value, runtime: Runtime) -> list:
+    """value from every process, by rank (dist.all_gather_object: every process calls it); [value] in one process."""
+    if runtime.world_size == 1:
+        return [value]
+    gathered = [None] * runtime.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def seed_process_generators(seed: int, runtime: Runtime) -> None:
+    """Each process its own dropout stream, once every process has built the same initial weights from seed: rank 0
+    keeps the stream a single process has, rank k > 0 is seeded from (seed, k) (PyTorch's CPU generator and every
+    CUDA device's). Nothing else draws from these generators: data order and augmentation have generators of their
+    own, seeded from the run's seed and position alike in every process (data.py, augmentation.py)."""
+    if runtime.rank > 0:
+        torch.manual_seed(int(np.random.SeedSequence([seed, runtime.rank]).generate_state(1, np.uint64)[0] >> 1))
+
+
+# The test-only fault injection's environment variable: "RANK:STEP" makes that process's loss at that global step
+# NaN as StepLog records it (tests/test_distributed_stop.py). Read in this one place; unset in every real run.
+TEST_NAN_LOSS = "ALEXNET_TRITON_TEST_NAN_LOSS"
+
+
+def injected_nan_step(rank: int) -> int | None:
+    """TEST ONLY: the global step at which this process's loss is to be made NaN (TEST_NAN_LOSS), or None."""
+    value = os.environ.get(TEST_NAN_LOSS)
+    if not value:
+        return None
+    target_rank, step = (int(part) for part in value.split(":"))
+    return step if target_rank == rank else None
 
 
 def autocast(amp: str, device: torch.device):

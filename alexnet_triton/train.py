@@ -14,7 +14,9 @@ loss of every step, written and flushed every --log-every N steps), curves.png, 
 predictions.png and neighbours.png (figure 4, at the end; --evaluate draws them too), last.pt and
 best.pt (checkpoints, written atomically and durably), and TensorBoard events when tensorboard is
 installed. Ctrl-C or SIGTERM finishes the current step, saves last.pt and exits; --resume then continues
-exactly where the run stopped.
+exactly where the run stopped. Under torchrun every process stops at the same step, the next logging point (within
+--log-every steps) or the end of an evaluation, whichever process the signal reached (runtime.StopRequest); a
+resume needs as many processes as the run it continues.
 
 Unreadable images in --data are skipped with a warning naming the file (the next image takes their
 place); a missing or empty data folder, a folder without class subfolders, a corrupt checkpoint or one
@@ -50,12 +52,17 @@ from alexnet_triton.checkpoint import Position
 from alexnet_triton.evaluation import evaluate, evaluate_checkpoint, forward_pass
 from alexnet_triton.run_files import RunFiles
 from alexnet_triton.runtime import (
+    NonFiniteLoss,
     Runtime,
     StopRequest,
+    Verdict,
     all_reduce_sum,
     autocast,
     check_ranks_agree,
     compiled,
+    gather_objects,
+    injected_nan_step,
+    seed_process_generators,
     start_runtime,
     stop_runtime,
 )
@@ -82,7 +89,9 @@ def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, r
 
     Nothing in the loop reads a value from the device (DESIGN.md, "Syncs"): StepLog keeps the steps' numbers
     there and reads them at logging points only, the last one before this returns, so a non-finite loss is
-    raised before the caller saves a checkpoint."""
+    raised before the caller saves a checkpoint. Each logging point is also where the processes of a torchrun run
+    agree (stop.agree: one small all-reduce, nothing in one process) on a stop and on a non-finite loss, so that
+    every process leaves the loop, or raises, at the same step."""
     position = state.position
     model.train()
     log = StepLog(runtime.device, files)
@@ -98,22 +107,30 @@ def train_one_epoch(model, state: TrainingState, train_loader, pipeline, args, r
 
     def logging_point() -> tuple[float, float]:
         loss_sum, correct = log.read()
+        raise_if_non_finite(stop.agree(log.nonfinite), runtime)
         if runtime.is_main:
             rate = log.count * runtime.world_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_sum / log.count:.3f}", acc=f"{correct / log.count:.3f}", img_s=f"{rate:.0f}")
         return loss_sum, correct
 
+    nan_step = injected_nan_step(runtime.rank)  # TEST ONLY (runtime.TEST_NAN_LOSS): None in every real run
     for batch in bar:
         loss, logits, labels = training_step(model, state, batch, pipeline, args, runtime, step)
         position.batches_done += 1
         position.global_step += 1
+        if position.global_step == nan_step:  # TEST ONLY: the fault injection's NaN loss
+            loss = loss * math.nan
         log.add(position.global_step, position.epoch + 1, state.optimizer.param_groups[0]["lr"], loss, logits, labels)
         # Every --log-every N steps, and the epoch's first step (the bar's numbers at once; the first row of
         # steps.csv, a sign that the loop runs).
         if log.steps == 1 or position.global_step % args.log_every == 0:
             logging_point()
-        if stop.requested or (args.max_steps is not None and position.global_step >= args.max_steps):
+        # stop.now: in one process a stop asked during this step; in several, one agreed at this step's logging
+        # point (asked since the last one, it waits for the next: every process must leave after the same step).
+        if stop.now or (args.max_steps is not None and position.global_step >= args.max_steps):
             break
+    # The loop's last logging point; every process reaches it after the same step (the epoch's end, --max-steps or
+    # an agreed stop), and a resumed epoch that has no step left skips it in every process alike.
     loss_sum, correct = logging_point() if log.steps else (0.0, 0.0)  # the rows since the last one
     bar.close()
     loss_sum, correct, count = all_reduce_sum([loss_sum, correct, log.count], runtime)
@@ -186,14 +203,15 @@ class StepLog:
     work: its loss stays on the device, the epoch's loss and correct-label sums grow there, and a logging
     point reads them all in one transfer, writes the steps' rows to steps.csv in one go (one row per step,
     as before: the per-step history is kept, and `tail -f` sees rows in bursts of N) and checks every loss
-    it read.
+    it read (nonfinite: the first that is not finite).
 
     A non-finite loss is therefore raised at the next logging point, not at its own step: up to N - 1 more
     steps run after it, on weights it has spoiled (under --amp fp16 the scaler skips its update instead).
     The error names the first non-finite step, steps.csv ends with that step's row, and no checkpoint is
     written from the spoiled weights: the trainer saves only after the epoch's last logging point
     (train_one_epoch's end), so last.pt stays the one from before the step. In a multi-process run each
-    process checks its own losses; one that stops makes torchrun stop the others."""
+    process reads its own losses and the logging point's agreement (StopRequest.agree) combines their verdicts:
+    every process raises there, naming the earliest non-finite step and the rank it was seen on."""
 
     def __init__(self, device: torch.device, files: RunFiles):
         self.files = files
@@ -203,6 +221,7 @@ class StepLog:
         self.correct = torch.zeros((), dtype=torch.float64, device=device)
         self.steps = self.count = 0  # steps and images: batch sizes are known on the host
         self.pending: list[tuple[int, int, float, torch.Tensor]] = []  # (step, epoch, lr, loss): rows to write
+        self.nonfinite: tuple[int, float] | None = None  # (step, loss): the first non-finite loss read
 
     def add(self, step: int, epoch: int, lr: float, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
         """A step's numbers, kept on the device."""
@@ -215,17 +234,26 @@ class StepLog:
 
     def read(self) -> tuple[float, float]:
         """A logging point: the loss and correct-label sums so far, after the pending steps' rows are written
-        to steps.csv; at a non-finite loss, its row is the last written and FloatingPointError names its step."""
+        to steps.csv; at a non-finite loss, its row is the last written and nonfinite names its step and value (the
+        caller raises, raise_if_non_finite, once the processes agree)."""
         values = torch.stack([self.loss_sum, self.correct, *(loss for *_, loss in self.pending)]).tolist()
         rows = []
         for (step, epoch, lr, _), loss in zip(self.pending, values[2:], strict=True):
             rows.append((step, epoch, loss, lr))
             if not math.isfinite(loss):
-                self.files.log_steps(rows)
-                raise FloatingPointError(f"the loss became {loss} at step {step}; try a lower --lr")
+                self.nonfinite = (step, loss)
+                break
         self.files.log_steps(rows)
         self.pending.clear()
         return values[0], values[1]
+
+
+def raise_if_non_finite(verdict: Verdict, runtime: Runtime) -> None:
+    """NonFiniteLoss, in every process alike, when the agreed verdict holds a non-finite loss."""
+    if verdict.nonfinite is not None:
+        step, rank, value = verdict.nonfinite
+        where = f" on rank {rank}" if runtime.world_size > 1 else ""
+        raise NonFiniteLoss(f"the loss became {value} at step {step}{where}; try a lower --lr")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +270,7 @@ def run_directory(args: argparse.Namespace) -> str:
 def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     resumed = checkpoint.read(args.resume) if args.resume else None
     if resumed is not None:  # the run continues with its own recipe, whatever the command line says
+        resumed.check_processes(runtime.world_size, args.resume)
         resumed.recipe.apply_to(args)
     if args.devices and runtime.world_size > 1:
         raise ValueError(
@@ -262,8 +291,9 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     else:
         stats = resumed.stats
     state = TrainingState.start(args, runtime.device, classes, stats, data.image_source(train_set))
+    seed_process_generators(args.seed, runtime)  # the same weights everywhere; a dropout stream per process
     if resumed is not None:
-        state.restore(resumed, args.resume)
+        state.restore(resumed, args.resume, runtime.rank, runtime.world_size)
     position = state.position
     ddp_model = DistributedDataParallel(state.model) if runtime.world_size > 1 else state.model
     if args.compile:  # checkpoints keep state.model's own names; steps run the compiled wrapper
@@ -280,10 +310,12 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
     val_loader = data.make_loader(val_view, val_sampler, eval_batch, args.workers, runtime.device, args.seed)
 
     def save(name: str) -> None:
+        """Every process calls it at the same step: each one's random generators, by rank, into rank 0's checkpoint."""
+        rng_by_rank = gather_objects(state.rng_state(), runtime)
         if runtime.is_main:
-            checkpoint.save(state.to_checkpoint(args).to_dict(), os.path.join(folder, name))
+            checkpoint.save(state.to_checkpoint(args, rng_by_rank).to_dict(), os.path.join(folder, name))
 
-    stop = StopRequest()
+    stop = StopRequest(runtime, args.log_every)
     stop.install()
     if runtime.is_main:
         print(f"run directory: {folder}")
@@ -323,7 +355,8 @@ def train(args: argparse.Namespace, runtime: Runtime) -> dict:
             if runtime.is_main:
                 print_epoch(row)
             files.log_epoch(row, state.history, state.model)
-            if stop.requested or (args.max_steps is not None and position.global_step >= args.max_steps):
+            stop.agree()  # a stop asked during the evaluation, agreed now that every process has left it
+            if stop.now or (args.max_steps is not None and position.global_step >= args.max_steps):
                 return stopped(position, folder, runtime)
         # The paper's figure 4, as evaluation runs the network: its batch size, layout and autocast.
         with autocast(args.amp, runtime.device):
@@ -365,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             train(args, runtime)
     except (checkpoint.CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if runtime.is_main or not isinstance(error, NonFiniteLoss):  # an agreed error: every process has it
+            print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
         stop_runtime(runtime)

@@ -77,17 +77,30 @@ class TrainingState:
             for group in self.optimizer.param_groups:
                 group["lr"] *= 0.1
 
-    def restore(self, saved: TrainingCheckpoint, path: str) -> None:
-        """Continue where saved stopped: weights, optimizer, schedule, position and random generators."""
+    @property
+    def devices(self) -> list[torch.device]:
+        """The devices this process's network lives on, in its layers' order: one, or --devices' two."""
+        return list(dict.fromkeys(parameter.device for parameter in self.model.parameters()))
+
+    def rng_state(self) -> dict:
+        """This process's random generators (checkpoint.rng_state): the CPU's and its network's CUDA devices'."""
+        return checkpoint.rng_state(self.devices)
+
+    def restore(self, saved: TrainingCheckpoint, path: str, rank: int = 0, world_size: int = 1) -> None:
+        """Continue where saved stopped: weights, optimizer, schedule, position and this process's (rank's) random
+        generators; a checkpoint written by another number of processes is refused (CheckpointError)."""
         saved.check_classes(len(self.classes), path)
+        saved.check_processes(world_size, path)
         self.model.load_state_dict(saved.model)
         self.optimizer.load_state_dict(saved.optimizer)
         self.scheduler.load_state_dict(saved.scheduler)
         self.scaler.load_state_dict(saved.scaler)
         self.position, self.best_top1_error, self.history = saved.position, saved.best_top1_error, saved.history
-        checkpoint.set_rng_state(saved.rng)
+        checkpoint.set_rng_state(saved.rng, rank, world_size, self.devices, path)
 
-    def to_checkpoint(self, args: argparse.Namespace) -> TrainingCheckpoint:
+    def to_checkpoint(self, args: argparse.Namespace, rng_by_rank: list[dict] | None = None) -> TrainingCheckpoint:
+        """The checkpoint of this state; rng_by_rank: every process's rng_state(), by rank (runtime.gather_objects),
+        default this process's alone (a single process)."""
         return TrainingCheckpoint(
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
@@ -96,7 +109,7 @@ class TrainingState:
             position=Position(**vars(self.position)),
             best_top1_error=self.best_top1_error,
             history=self.history,
-            rng=checkpoint.rng_state(),
+            rng={"ranks": rng_by_rank if rng_by_rank is not None else [self.rng_state()]},
             stats=self.stats,
             config=self.config,
             classes=self.classes,

@@ -36,7 +36,7 @@ def small_checkpoint(num_classes: int = 10) -> TrainingCheckpoint:
         position=Position(epoch=1, batches_done=3, global_step=11),
         best_top1_error=0.5,
         history=[{"epoch": 1, "val_top1_error": 0.5, "val_loss": 1.25}, {"epoch": 2, "val_top1_error": 0.6}],
-        rng=checkpoint.rng_state(),
+        rng={"ranks": [checkpoint.rng_state(), checkpoint.rng_state()]},  # two processes' generators, by rank
         stats={"mean": 255 * torch.rand(3), "scale": torch.rand(3) + 0.5, "eigenvalues": torch.rand(3)},
         config=ModelConfig.from_args(args, num_classes),
         classes=[f"class{i}" for i in range(num_classes)],
@@ -72,11 +72,13 @@ def test_a_training_checkpoint_opens_with_weights_only_and_reads_back_equal(tmp_
     assert on_disk["format"] == checkpoint.FORMAT and on_disk["position"] == vars(saved.position)
     assert on_disk["config"] == vars(saved.config)
 
-    # Every random generator a training step draws from (checkpoint.rng_state): PyTorch's CPU generator, and each
-    # CUDA device's where there are any. Nothing in a run draws from Python's or NumPy's global generators (data,
-    # augmentation and the samplers use generators of their own, seeded from the run's seed and position), so
-    # neither is saved; tests/test_train.py's resume test checks that a resumed run repeats the uninterrupted one.
-    assert set(saved.rng) == {"torch"} | ({"cuda"} if torch.cuda.is_available() else set())
+    # Every random generator a training step draws from (checkpoint.rng_state), for each process by rank: PyTorch's
+    # CPU generator, and the CUDA generators of the devices its network runs on (none here). Nothing in a run draws
+    # from Python's or NumPy's global generators (data, augmentation and the samplers use generators of their own,
+    # seeded from the run's seed and position), so neither is saved; tests/test_train.py's resume test checks that a
+    # resumed run repeats the uninterrupted one, tests/test_distributed_stop.py that of two processes.
+    assert list(saved.rng) == ["ranks"] and [list(rank) for rank in saved.rng["ranks"]] == [["torch"], ["torch"]]
+    assert saved.processes == 2
 
     for source in (path, str(tmp_path)):  # a file, or a run directory's last.pt
         read = checkpoint.read(source)
@@ -277,3 +279,108 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_as_it_was_trained():
     del saved_args["lr"]
     with pytest.raises(KeyError, match="lr"):
         Recipe.from_args(saved_args)
+
+
+# ---- random generators, by process -----------------------------------------------------------------
+
+
+def fake_gpus(monkeypatch):
+    """Four CUDA devices as far as the generator calls can tell: each device's state a distinct 16-byte tensor, and
+    what set_rng_state was given, by device index."""
+    states = {index: torch.full((16,), index, dtype=torch.uint8) for index in range(4)}
+    restored = {}
+
+    def index_of(device) -> int:
+        device = torch.device(device)
+        assert device.type == "cuda" and device.index is not None, f"an indexed CUDA device, not {device}"
+        return device.index
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(states))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[index_of(device)].clone())
+
+    def set_rng_state(state, device="cuda"):
+        restored[index_of(device)] = state.clone()
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [state.clone() for state in states.values()])
+    return states, restored
+
+
+def test_each_process_saves_its_cpu_generator_and_its_own_devices_cuda_generators(monkeypatch):
+    """What a torchrun process on cuda:2 saves: its CPU generator and cuda:2's, not every device's (rank 2's copy of
+    cuda:0's state would be meaningless); a single process with --devices saves its two towers' devices, in the
+    towers' order; a CPU run saves no CUDA state."""
+    states, _ = fake_gpus(monkeypatch)
+    own = checkpoint.rng_state([torch.device("cuda", 2)])
+    assert list(own) == ["torch", "cuda"] and len(own["cuda"]) == 1
+    assert torch.equal(own["torch"], torch.get_rng_state()) and torch.equal(own["cuda"][0], states[2])
+    towers = checkpoint.rng_state(["cuda:3", "cuda:1"])
+    assert [int(state[0]) for state in towers["cuda"]] == [3, 1]
+    assert list(checkpoint.rng_state([torch.device("cpu")])) == ["torch"]
+
+
+def test_each_process_restores_its_own_generators_from_the_checkpoint(monkeypatch):
+    """Rank r restores rank r's CPU generator and puts rank r's CUDA state on its own device."""
+    _, restored = fake_gpus(monkeypatch)
+    saved = {"ranks": []}
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        state = checkpoint.rng_state([torch.device("cuda", rank)])
+        state["cuda"] = [torch.full((16,), 10 + rank, dtype=torch.uint8)]  # each process's own CUDA state
+        saved["ranks"].append(state)
+    draws = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        draws.append(torch.rand(4))
+    for rank in (1, 0):
+        torch.manual_seed(7)
+        restored.clear()
+        checkpoint.set_rng_state(saved, rank, 2, [torch.device("cuda", rank)])
+        assert torch.equal(torch.rand(4), draws[rank]), f"rank {rank}'s CPU generator"
+        assert list(restored) == [rank] and int(restored[rank][0]) == 10 + rank, f"rank {rank}'s device's state"
+    restored.clear()
+    checkpoint.set_rng_state(saved, 1, 2, [torch.device("cpu")])
+    assert restored == {}, "a process now on the CPU leaves the CUDA generators as seeded"
+
+
+def test_a_resume_on_another_number_of_processes_is_refused_in_one_line():
+    saved = small_checkpoint()  # two processes
+    saved.check_processes(2, "runs/a")
+    with pytest.raises(CheckpointError) as refused:
+        saved.check_processes(1, "runs/a")
+    assert str(refused.value) == (
+        "checkpoint 'runs/a' was written by 2 processes, this run has 1; resume it with torchrun --nproc-per-node 2 "
+        "(or nodes x processes per node = 2)"
+    )
+    saved.rng = {"ranks": saved.rng["ranks"][:1]}
+    with pytest.raises(CheckpointError, match=r"written by 1 process, this run has 8; resume it with one process"):
+        saved.check_processes(8, "runs/a")
+    with pytest.raises(CheckpointError, match=r"holds the random generators of 1 process\(es\), this run has 2"):
+        checkpoint.set_rng_state(saved.rng, 1, 2)
+
+
+def test_a_format_1_checkpoint_restores_its_one_generator_state_into_any_number_of_processes(tmp_path, monkeypatch):
+    """Format 1 saved one process's generators (the CPU's, every CUDA device's) and every process restored them:
+    it still loads, resumes on any number of processes (processes is None) as it did, and 8 CUDA states restore
+    into the 4 devices this machine has instead of failing on the fifth."""
+    older = small_checkpoint().to_dict()
+    _, restored = fake_gpus(monkeypatch)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    older["format"], older["rng"] = (
+        1,
+        {
+            "torch": torch.get_rng_state(),
+            "cuda": [torch.full((16,), 20 + index, dtype=torch.uint8) for index in range(8)],
+        },
+    )
+    checkpoint.save(older, str(tmp_path / "older.pt"))
+    read = checkpoint.read(str(tmp_path / "older.pt"))
+    assert read.format == 1 and read.processes is None
+    read.check_processes(3, "older.pt")
+    torch.manual_seed(9)
+    checkpoint.set_rng_state(read.rng, 2, 3, [torch.device("cuda", 2)])
+    assert torch.equal(torch.rand(4), expected)
+    assert {index: int(state[0]) for index, state in restored.items()} == {0: 20, 1: 21, 2: 22, 3: 23}
