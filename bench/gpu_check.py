@@ -558,8 +558,9 @@ def bench_part(out: Path, python: str, limit_s: float, seconds: float, selection
         said += [f"{short}: {verdicts[goal]}" for short, goal in BENCH_GOALS.items() if goal in verdicts]
         if training:
             said.append("training img/s " + ", ".join(f"{impl} {rate:.0f}" for impl, rate in training.items()))
+        result.numbers["gpu_timing"] = report.timing_methods(rows)  # how many results each method timed
         result.summary = "; ".join(said)
-        result.details += [*speedup_rows(rows), "", *report.goals(rows), ""]
+        result.details += [*speedup_rows(rows), "", *report.goals(rows), "", *report.timing_table(rows), ""]
 
     return Part(
         "bench",

@@ -5,7 +5,9 @@
 
 prints the report and, with --out, writes OUT.md and OUT.png. Several JSONs (a run split to fit a time
 limit) make one report; they must come from one device. Speed-ups are time(theirs) / time(ours): above 1
-means ours is faster. Times are the GPU's (CUDA events) where measured, else wall-clock.
+means ours is faster. Times are the GPU's where measured (CUDA events around replays of a CUDA graph of warm calls,
+the queue primed so that the host is never inside the window; each row names its method, bench/timing.py), else
+wall-clock.
 """
 
 import argparse
@@ -15,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.implementations import IMPLEMENTATIONS
+from bench.timing import GRAPH, METHODS
 
 OPS = ("conv2d_relu", "local_response_norm", "max_pool2d", "dropout")
 
@@ -112,7 +115,11 @@ def header(machine: dict) -> list[str]:
             "",
         ]
     if gpu:
-        lines += [f"Times: {machine['gpu_timing']}; the wall-clock column adds launch overhead and a synchronize.", ""]
+        lines += [
+            f"Times: {machine['gpu_timing']}. The wall-clock column is the time a Python caller waits for a call "
+            "(host time, launches and a synchronize included).",
+            "",
+        ]
     if machine.get("caveat"):
         lines += [f"> **{machine['caveat']}**", ""]
     return lines
@@ -209,6 +216,46 @@ def input_table(rows: dict[tuple, dict]) -> list[str]:
     return lines
 
 
+def timing_methods(rows: dict[tuple, dict]) -> dict[str, int]:
+    """How many results each GPU timing method measured (bench/timing.py's names; "wall-clock" off a GPU)."""
+    counts: dict[str, int] = defaultdict(int)
+    for results in rows.values():
+        for info in results.values():
+            if "gpu_timing" in info:
+                counts[info["gpu_timing"]] += 1
+    return dict(counts)
+
+
+def timing_table(rows: dict[tuple, dict]) -> list[str]:
+    """The GPU results not timed as a CUDA graph, each with its method and why its call could not be captured; a line
+    saying so when every one was."""
+    counts = timing_methods(rows)
+    if not counts:
+        return ["The results do not say how they were timed (written before bench/timing.py recorded it)."]
+    graphed = counts.get(GRAPH, 0)
+    others = [
+        (key, impl, info)
+        for key, results in sorted(rows.items())
+        for impl, info in sorted(results.items())
+        if info.get("gpu_timing") not in (None, GRAPH)
+    ]
+    if not others:
+        return [f"Every one of the {graphed} GPU results was timed as a CUDA graph."]
+    lines = [
+        f"{graphed} GPU results were timed as a CUDA graph; these {len(others)} were not:",
+        "",
+        "| what | layer | direction | dtype | format | implementation | timed as | why not a graph |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (_, op, layer, direction, dtype, memory_format), impl, info in others:
+        method = info["gpu_timing"]
+        lines.append(
+            f"| {op} | {layer} | {direction} | {dtype} | {memory_format} | {impl} "
+            f"| {method}: {METHODS.get(method, '?')} | {(info.get('capture_error') or '—').replace('|', '/')} |"
+        )
+    return lines
+
+
 # The fused LRN + max-pool's traffic goals (issue 14), as fractions of the separate ops' traffic, to two decimals
 # as the issue states them.
 LRN_POOL_TRAFFIC_GOALS = {"forward": 0.41, "backward": 0.54}
@@ -272,12 +319,9 @@ def goals(rows: dict[tuple, dict]) -> list[str]:
         return [r["ours"]["roofline_fraction"] >= 0.8 if "ours" in r else None for r in large]
 
     def less_memory(selected, other):
-        return [
-            r["ours"]["peak_memory_bytes"] < r[other]["peak_memory_bytes"]
-            if "ours" in r and other in r and r["ours"]["peak_memory_bytes"] is not None
-            else None
-            for r in selected
-        ]
+        # None where either was not measured (a torch.compile'd call's tensors cannot be counted: bench/timing.py).
+        peaks = [[r.get(impl, {}).get("peak_memory_bytes") for impl in ("ours", other)] for r in selected]
+        return [None if None in pair else pair[0] < pair[1] for pair in peaks]
 
     def lrn_pool_traffic(way):
         counted = [next(iter(results.values()))["traffic"] for key, results in rows.items() if key[0] == "lrn_pool"]
@@ -320,11 +364,17 @@ def report(machine: dict, rows: dict[tuple, dict]) -> str:
         lines += [*swap_table(rows), ""]
     if any(key[0] == "input" for key in rows):
         lines += ["## The input pipeline (ImageNet-like JPEGs, 500x375)", "", *input_table(rows), ""]
+    if machine.get("gpu_timing") is not None:
+        lines += ["## How each result was timed", "", *timing_table(rows), ""]
     lines += [
         "Speed-ups are time(theirs) / time(ours). Roofline: the slower of the op's FLOPs at the measured "
         "matrix-product rate and its unavoidable bytes at the measured copy bandwidth, over its time. "
-        "Saved for backward: what the autograd graph holds beyond the op's arguments and output. "
-        "Peak memory: the most one call adds to what was allocated before it.",
+        "Memory is counted from the tensors, not the allocator: "
+        "saved for backward is the bytes of the tensors the autograd graph holds after the forward (each storage "
+        "once), beyond the op's arguments and output; peak memory is the most bytes of tensors one call creates "
+        "that are alive at once (each storage once, from the op that makes it until it is freed), which leaves out "
+        "what is no tensor (cuDNN's and cuBLAS's workspaces) and is not measured for torch.compile (—: dynamo "
+        "does not compile under the dispatch mode that counts).",
         "",
     ]
     return "\n".join(lines)

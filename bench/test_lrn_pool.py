@@ -134,8 +134,6 @@ def test_lrn_max_pool(benchmark, settings, peaks, skip_unrunnable, case_name, di
     x, _ = sets[0]
     benchmark.extra_info.update(
         roofline(medians, 0, bytes_moved, peaks, dtype_name),
-        peak_memory_bytes=peak_memory(settings.device, lambda: call(*sets[0])),
-        saved_bytes=(
-            saved_for_backward(settings.device, lambda: function(x), [x], impl == "compile") if backward else None
-        ),
+        peak_memory_bytes=peak_memory(settings.device, lambda: call(*sets[0]), compiled=impl == "compile"),
+        saved_bytes=saved_for_backward(lambda: function(x), [x]) if backward else None,
     )

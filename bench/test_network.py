@@ -70,6 +70,6 @@ def test_alexnet(benchmark, settings, peaks, skip_unrunnable, mode, impl, dtype_
         images_per_s=images_per_s,
         images_per_s_bound=bound,
         fraction_of_bound=images_per_s / bound,
-        peak_memory_bytes=peak_memory(settings.device, lambda: step(*batches[0])),
+        peak_memory_bytes=peak_memory(settings.device, lambda: step(*batches[0]), compiled=impl == "compile"),
         saved_bytes=None,
     )

@@ -61,10 +61,6 @@ def test_op(benchmark, settings, peaks, skip_unrunnable, case_name, direction, i
     arguments, _ = sets[0]
     benchmark.extra_info.update(
         roofline(medians, benchmark.extra_info["flops"], bytes_moved, peaks, dtype_name),
-        peak_memory_bytes=peak_memory(settings.device, lambda: call(*sets[0])),
-        saved_bytes=(
-            saved_for_backward(settings.device, lambda: function(*arguments), arguments, impl == "compile")
-            if backward
-            else None
-        ),
+        peak_memory_bytes=peak_memory(settings.device, lambda: call(*sets[0]), compiled=impl == "compile"),
+        saved_bytes=saved_for_backward(lambda: function(*arguments), arguments) if backward else None,
     )

@@ -275,6 +275,16 @@ def test_each_goal_is_met_missed_or_not_measured_as_its_results_say(goal, tmp_pa
     assert verdict_of(verdicts(tmp_path, missed), goal) == missed_verdict
 
 
+def test_a_peak_not_measured_is_a_comparison_not_measured(tmp_path):
+    # torch.compile's peak memory cannot be counted from its tensors (bench/timing.py): None, neither met nor missed.
+    goal = "training step with less peak memory than eager and torch.compile"
+    benchmarks = [network_result("ours", 0.2, 2**21), network_result("eager", 0.3, 2**21),
+                  network_result("compile", 0.3, None)]  # fmt: skip
+    assert verdict_of(verdicts(tmp_path, benchmarks), goal) == (
+        "missed (1 of 1 short); 1 of 2 comparisons not measured"
+    )
+
+
 def test_lrn_pool_traffic_is_counted_from_the_shapes():
     # The counts the traffic goal judges, against bytes counted here by hand at AlexNet's layer 1 (one tower, one
     # image, bf16): the input 48 x 55 x 55 = 145,200 elements, the output 48 x 27 x 27 = 34,992, one position byte
@@ -290,3 +300,55 @@ def test_lrn_pool_traffic_is_counted_from_the_shapes():
     assert counts["fused_backward"] == 685_776 and counts["separate_backward"] == 395_376 + 871_200
     assert counts["forward_ratio"] == pytest.approx(395_376 / 976_176) and round(counts["forward_ratio"], 2) == 0.41
     assert counts["backward_ratio"] == pytest.approx(685_776 / 1_266_576) and round(counts["backward_ratio"], 2) == 0.54
+
+
+# ---- how each result was timed, and what the columns measure ------------------------------------------------------
+
+
+def test_a_gpu_report_says_how_each_result_was_timed_and_what_memory_counts(tmp_path):
+    graph = {"gpu_timing": "cuda-graph", "capture_error": None}
+    benchmarks = [
+        result("dropout", "dropout6", "forward", "ours", 1e-5, **graph),
+        result("dropout", "dropout6", "forward", "eager", 2e-5, **graph),
+        result("dropout", "dropout6", "forward", "compile", 2e-5, gpu_timing="primed",
+               capture_error="RuntimeError: operation not permitted when stream is capturing"),
+        result("max_pool2d", "pool5", "forward", "ours", 1e-5, gpu_timing="unprimed",
+               capture_error="RuntimeError: a | b"),
+    ]  # fmt: skip
+    timing = "the GPU's, median per call: CUDA events around replays of a CUDA graph of warm calls"
+    path = tmp_path / "results.json"
+    write_results(path, benchmarks)
+    data = json.loads(path.read_text())
+    data["machine_info"]["alexnet_triton"]["gpu_timing"] = timing
+    path.write_text(json.dumps(data))
+    text = report.report(*report.load([path]))
+
+    assert f"Times: {timing}. The wall-clock column is the time a Python caller waits for a call" in text
+    section = text.split("## How each result was timed", 1)[1]
+    assert "2 GPU results were timed as a CUDA graph; these 2 were not:" in section
+    assert (
+        "| dropout | dropout6 | forward | bfloat16 | contiguous | compile | primed: warm calls (their capture failed) "
+        "queued behind a sleep kernel, between CUDA events | RuntimeError: operation not permitted when stream is "
+        "capturing |"
+    ) in section
+    assert "| max_pool2d | pool5 | forward | bfloat16 | contiguous | ours | unprimed: " in section
+    assert "RuntimeError: a / b |" in section  # a table cell holds no bar
+    assert report.timing_methods(report.load([path])[1]) == {"cuda-graph": 2, "primed": 1, "unprimed": 1}
+    assert "Memory is counted from the tensors, not the allocator" in text
+
+    every_graph = [result("dropout", "dropout6", "forward", impl, 1e-5, **graph) for impl in ("ours", "eager")]
+    assert report.timing_table(report.load([write_json(tmp_path / "graph.json", every_graph)])[1]) == [
+        "Every one of the 2 GPU results was timed as a CUDA graph."
+    ]
+
+
+def test_a_cpu_report_has_no_timing_section(tmp_path):
+    benchmarks = [result("dropout", "dropout6", "forward", "ours", 1e-3, gpu_timing="wall-clock")]
+    write_results(tmp_path / "results.json", benchmarks, caveat="CPU run")
+    text = report.report(*report.load([tmp_path / "results.json"]))
+    assert "How each result was timed" not in text and "Times:" not in text
+
+
+def write_json(path, benchmarks):
+    write_results(path, benchmarks)
+    return path
