@@ -17,6 +17,7 @@ unit-variance inputs.
     GPU: store -> TrainingDraws / StoredImages -> uint8 images + draws -> loader -> device -> crop_on_device
 """
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -178,7 +179,13 @@ def training_boxes(draws: torch.Tensor) -> torch.Tensor:
 
 def evaluation_boxes(count: int, side: int, image_size: int, ten_crop: bool, device) -> torch.Tensor:
     """(count * crops, 4) boxes for the centre crop, or the ten crops in torchvision's ten_crop order: the
-    four corners and the centre, then the same five of the flipped image."""
+    four corners and the centre, then the same five of the flipped image. Read-only: one tensor per arguments and
+    device, made once (a copy from the host per batch would wait for the device)."""
+    return _evaluation_boxes(count, side, image_size, ten_crop, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluation_boxes(count: int, side: int, image_size: int, ten_crop: bool, device: torch.device) -> torch.Tensor:
     far = side - image_size
     centre = int(round(far / 2.0))  # torchvision's centre_crop rounding
     if ten_crop:

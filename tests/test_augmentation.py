@@ -252,3 +252,12 @@ def test_bad_arguments_name_the_argument(change, match):
             arguments.pop("images"), arguments.pop("boxes"), arguments.pop("stats"), arguments.pop("image_size"),
             **arguments,
         )  # fmt: skip
+
+
+def test_evaluation_boxes_are_made_once_per_batch_shape_and_device():
+    """A copy of the boxes from the host for every evaluation batch would wait for the GPU: they are one tensor per
+    batch shape and device, made at the first batch."""
+    first = augmentation.evaluation_boxes(3, 12, 8, True, "cpu")
+    assert augmentation.evaluation_boxes(3, 12, 8, True, torch.device("cpu")) is first
+    assert augmentation.evaluation_boxes(4, 12, 8, True, "cpu") is not first
+    assert first.shape == (30, 4) and first[:, 0].tolist() == [n for n in range(3) for _ in range(10)]
