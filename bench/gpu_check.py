@@ -91,6 +91,7 @@ BENCH_GOALS = {
 }
 TRAIN_STEPS = 200
 SYNC_STEPS, SYNC_WARMUP_STEPS = 5, 2
+GRAPH_TIMED_STEPS = 20  # per way (eager, graph): at batch 128 on an H100 well under a second each
 SYNC_MESSAGE = "synchronizing CUDA operation"  # what torch.cuda.set_sync_debug_mode("warn") warns
 
 
@@ -665,6 +666,15 @@ def syncs_part(out: Path, python: str, limit_s: float) -> Part:
         )
         if any(steady) and result.status == PASSED:
             result.status, result.reason = FAILED, f"{sum(steady)} syncs in {len(steady)} steps after warm-up"
+        if "step_ms" in found:
+            times = found["step_ms"]
+            result.summary += (
+                f"; a step takes {times['eager']} ms eagerly, {times['graph']} ms as a CUDA graph "
+                f"({'captured' if found['graph_captured'] else 'capture FAILED: eager'}), "
+                f"{max(found['graph_syncs_per_step'], default=0)} syncs per replay"
+            )
+            if result.status == PASSED and (not found["graph_captured"] or any(found["graph_syncs_per_step"])):
+                result.status, result.reason = FAILED, "the training step's CUDA graph did not capture, or synced"
         result.details += [
             f"{found['what']}. Syncs per step: {found['per_step']} (the first {found['warmup_steps']} compile and "
             "tune, which synchronizes by design).",
@@ -800,9 +810,61 @@ def syncs_workload(
         if step >= warmup:
             locations.update(f"{where(w.filename)}:{w.lineno}" for w in syncs)
     what = f"at.AlexNet, batch {batch} at {image_size}x{image_size}, bf16 autocast, channels_last, on {device}"
-    print_result(
-        {"what": what, "per_step": per_step, "warmup_steps": warmup, "steady_locations": dict(locations.most_common())}
-    )
+    found = {
+        "what": what,
+        "per_step": per_step,
+        "warmup_steps": warmup,
+        "steady_locations": dict(locations.most_common()),
+    }
+    if on_cuda:
+        found.update(graph_step_timing(model, optimizer, autocast, batches, device))
+    print_result(found)
+
+
+def graph_step_timing(model, optimizer, autocast, batches, device: str, steps: int = GRAPH_TIMED_STEPS) -> dict:
+    """The same training step eagerly and replayed as one CUDA graph (step_graph.GraphedStep, as the trainer's
+    --cuda-graphs runs it): milliseconds per step over `steps` steps each (CUDA events around them all, so the host's
+    queuing counts where the GPU waits for it), and the syncs each replayed step makes."""
+    import warnings
+
+    import torch
+
+    from alexnet_triton import step_graph
+    from bench.workloads import training_step
+
+    def step(images, labels):
+        training_step(model, optimizer, autocast, images, labels)
+        return (images,)  # a graph's outputs: nothing the timing reads
+
+    def milliseconds(run) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for index in range(steps):
+            run(*batches[index % len(batches)])
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / steps
+
+    graphed = step_graph.GraphedStep(step, step_graph.CudaGraphs(torch.device(device)), name="training step", warmup=3,
+                                     prepare=lambda: optimizer.zero_grad(set_to_none=True))  # fmt: skip
+    for index in range(5):  # warm-up (3), the capture, a replay
+        graphed(*batches[index % len(batches)])
+    syncs = []
+    for index in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                graphed(*batches[index % len(batches)])
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs.append(sum(SYNC_MESSAGE in str(warning.message) for warning in caught))
+    torch.cuda.synchronize()
+    return {
+        "step_ms": {"eager": round(milliseconds(step), 3), "graph": round(milliseconds(graphed), 3)},
+        "graph_captured": graphed.graph is not None and not graphed.failed,
+        "graph_syncs_per_step": syncs,
+    }
 
 
 def probe() -> None:

@@ -108,20 +108,28 @@ CONV_FWD_LAYOUT = {"stride_x_c": 1, "stride_weight_cin": 1, "stride_out_c": 1}
 CONV_FWD_DIVISIBLE = (
     "C_in_g", "C_out_g",
     "stride_x_n", "stride_x_h", "stride_x_w", "stride_weight_cout", "stride_weight_kh", "stride_weight_kw",
-    "stride_out_split", "stride_out_n", "stride_out_h", "stride_out_w",
+    "stride_out_n", "stride_out_h", "stride_out_w", "stride_partial_split", "stride_partial_m",
 )  # fmt: skip
 
 
 # conv1's 3 input channels (packed taps) leave only the output channels and strides multiples of 16.
-CONV_FWD_PACKED_DIVISIBLE = ("C_out_g", "stride_out_split", "stride_out_n", "stride_out_h", "stride_out_w")
+CONV_FWD_PACKED_DIVISIBLE = ("C_out_g", "stride_out_n", "stride_out_h", "stride_out_w")
+
+# The conv layers' reductions are whole on a GPU (SPLITS == 1, which Triton compiles as a constant: no partial sums,
+# no arrival counters); fc6's and fc7's are split (SPLITS a runtime value: 4-5 on an H100).
+WHOLE = {"SPLITS": 1}
 
 
 def conv_fwd_meta(dtype: str) -> list[dict]:
-    """The forward (bias and ReLU) and the stride-1 input gradient it also runs (neither), channels_last, and conv1's
-    forward, whose 3 input channels pack taps."""
-    forward = with_tf32(dtype, HAS_BIAS=True, RELU=True, PACKED=False, **CONV_FWD_LAYOUT)
-    input_gradient = with_tf32(dtype, HAS_BIAS=False, RELU=False, PACKED=False, **CONV_FWD_LAYOUT)
-    return forward + input_gradient + with_tf32(dtype, HAS_BIAS=True, RELU=True, PACKED=True, **CONV_FWD_LAYOUT)
+    """The conv layers' forward (bias and ReLU) and the stride-1 input gradient it also runs (neither), channels_last,
+    their reductions whole; conv1's forward, whose 3 input channels pack taps; and fc6's and fc7's forward and input
+    gradient, their reductions split (the last program of a tile sums the partial tiles and applies the epilogue)."""
+    forward = with_tf32(dtype, HAS_BIAS=True, RELU=True, PACKED=False, **WHOLE, **CONV_FWD_LAYOUT)
+    input_gradient = with_tf32(dtype, HAS_BIAS=False, RELU=False, PACKED=False, **WHOLE, **CONV_FWD_LAYOUT)
+    packed = with_tf32(dtype, HAS_BIAS=True, RELU=True, PACKED=True, **WHOLE, **CONV_FWD_LAYOUT)
+    split_forward = with_tf32(dtype, HAS_BIAS=True, RELU=True, PACKED=False, **CONV_FWD_LAYOUT)
+    split_input_gradient = with_tf32(dtype, HAS_BIAS=False, RELU=False, PACKED=False, **CONV_FWD_LAYOUT)
+    return forward + input_gradient + packed + split_forward + split_input_gradient
 
 
 def conv_fwd_divisible(meta: dict) -> tuple[str, ...]:
@@ -130,6 +138,7 @@ def conv_fwd_divisible(meta: dict) -> tuple[str, ...]:
 
 CONV_WGRAD_DIVISIBLE = (
     "C_out_g", "C_in_g", "COLUMNS", "stride_grad_pixel", "stride_x_n", "stride_x_h", "stride_x_w",
+    "stride_dw_cout", "stride_dw_kh", "stride_dw_kw",
     "stride_partial_dw_split", "stride_partial_dw_cout", "stride_partial_dw_kh", "stride_partial_dw_kw",
 )  # fmt: skip
 
@@ -175,6 +184,7 @@ SPECS = [
     KernelSpec(
         conv._conv_fwd_kernel,
         conv_fwd_meta,
+        pointers={"partial_ptr": "*acc", "arrivals_ptr": "*i32"},
         uses_dot=True,
         configs_for=conv_configs(conv_tuning.FWD_CONFIGS, conv_tuning.FWD_PACKED_CONFIGS),
         divisible=conv_fwd_divisible,
@@ -184,9 +194,11 @@ SPECS = [
         lambda dtype: [
             variant
             for packed in (False, True)
-            for variant in with_tf32(dtype, PACKED=packed, stride_grad_c=1, stride_x_c=1, stride_partial_dw_cin=1)
+            for variant in with_tf32(
+                dtype, PACKED=packed, stride_grad_c=1, stride_x_c=1, stride_dw_cin=1, stride_partial_dw_cin=1
+            )
         ],
-        pointers={"partial_dw_ptr": "*acc"},
+        pointers={"partial_dw_ptr": "*acc", "arrivals_ptr": "*i32"},
         uses_dot=True,
         configs_for=conv_configs(conv_tuning.WGRAD_CONFIGS, conv_tuning.WGRAD_PACKED_CONFIGS),
         divisible=conv_wgrad_divisible,
@@ -213,7 +225,7 @@ SPECS = [
     KernelSpec(
         conv_grad._relu_grad_kernel,
         lambda dtype: [{"HAS_BIAS": bias, "stride_grad_c": 1, "stride_out_c": 1} for bias in (True, False)],
-        pointers={"partial_db_ptr": "*acc"},
+        pointers={"partial_db_ptr": "*acc", "arrivals_ptr": "*i32"},
         configs_attribute="MASK_CONFIGS",
         divisible=(
             "C",
@@ -323,10 +335,13 @@ def compile_cases(spec: KernelSpec, *, all_configs: bool = False) -> list[dict]:
                 if config.maxnreg is not None:
                     options["maxnreg"] = config.maxnreg
                 tensor_cores = spec.uses_dot and (dtype in ("bf16", "fp16") or (dtype == "fp32" and meta["TF32"]))
+                label = [f"{key}={value}" for key, value in meta.items() if not flags_only(key)]
+                if "SPLITS" in flags and "SPLITS" not in meta:  # a runtime split count compiles the split path
+                    label.insert(-1 if "TF32" in meta else len(label), "SPLITS>1")
                 cases.append(
                     {
                         "dtype": dtype,
-                        "variant": " ".join(f"{key}={value}" for key, value in meta.items() if not flags_only(key)),
+                        "variant": " ".join(label),
                         "config": " ".join(f"{key}={value}" for key, value in config.kwargs.items())
                         + f" warps={config.num_warps} stages={config.num_stages}",
                         "needs_tensor_cores": tensor_cores,

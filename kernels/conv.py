@@ -19,7 +19,8 @@ pixel's row address and the tap's spatial validity are per-row vectors, and each
 copies (cp.async) and pipelines. The same kernel computes the input gradient of a stride-1
 convolution (a convolution of g with the flipped, transposed weights, padded by k-1-p), and a
 convolution whose kernel covers its input (fc6, fc7) as a 1x1 convolution of the flattened input;
-those, whose GEMM has only the batch as rows, split their reduction over several programs. A strided
+those, whose GEMM has only the batch as rows, split their reduction over several programs, the last of which to
+finish sums the others' partial tiles and applies the epilogue (arrivals.py). A strided
 convolution's input gradient (conv1's, which AlexNet never needs) keeps a gather kernel.
 
 This file holds the forward kernel and its launchers; conv_grad.py the gradients; conv_tuning.py the tile
@@ -30,8 +31,60 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common, autotune, expected
+from . import _common, arrivals, autotune, expected
 from . import conv_tuning as tuning
+
+# The rows of a tile the program that finishes a split reduction sums at a time (sum_splits): 8 rows of a 128-wide
+# tile are 8 values per thread at 4 warps, a few registers beside what the main loop holds. Every block a launch may
+# pick is a multiple of it (tuning.SMALLEST_BLOCK). The census (bench/results/census-sm90.md) found 16 rows spilling 4
+# bytes in the fp32 forward's 64x64 tile, 8 none.
+SUM_ROWS = tl.constexpr(8)
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def split_arrive(arrival):
+    """Called by every program of a split reduction after storing its partial tile: adds 1 to the tile's arrival
+    counter (pointer `arrival`) and returns the count before it; the program that gets SPLITS - 1 finishes the tile.
+
+    Memory ordering (PTX's model). Every thread of the program stores part of the partial tile, and one thread (Triton
+    runs a scalar atomic on one thread, and hands its result to all through shared memory) makes the increment. The
+    barrier orders every thread's stores before that thread's atomic, and the atomic releases at GPU scope: whatever
+    is ordered before it (causality order is transitive: the whole tile) is visible to a program that acquires the
+    value it wrote. The last program's atomic acquires the values its predecessors' released (the increments form one
+    release sequence), and the barrier after it orders that acquire before every thread's loads of the partials, which
+    bypass L1 (.cg, at the caller): L1 is not coherent across SMs, so no stale line can serve them."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(arrival, 1, sem="acq_rel", scope="gpu")
+    tl.debug_barrier()
+    return arrived
+
+
+@triton.jit
+def sum_splits(ptrs, mask, stride_split, splits):
+    """The sum over s = 0, 1, ..., splits - 1 of the tile at ptrs + s * stride_split, in that order (so the result is
+    the same bit for bit whichever program runs it), loading with .cg: from L2, never a stale line of L1 (split_arrive).
+    The finishing program sums its tile SUM_ROWS rows at a time, so that this tile holds a few values per thread: a
+    whole tile's pointers and sums at once (a 128x128 tile: 128 of each per thread) spilled registers."""
+    total = tl.zeros(ptrs.shape, dtype=ptrs.dtype.element_ty)
+    for _split in range(0, splits):
+        total += tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+        ptrs += stride_split
+    return total
+
+
+@triton.jit
+def _bias_relu_store(acc, bias_ptr, co, mask_n, out_ptrs, mask, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+    """The forward's epilogue on the fp32 (fp64) accumulator: bias, then ReLU, then the one rounding to out's dtype.
+    `acc < 0` is false for NaN, so NaN propagates as in F.relu."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + co, mask=mask_n, other=0.0).to(acc.dtype)[None, :]
+    if RELU:
+        acc = tl.where(acc < 0, 0.0, acc)
+    tl.store(out_ptrs, acc.to(out_ptrs.dtype.element_ty), mask=mask)
+
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
@@ -54,8 +107,10 @@ from . import conv_tuning as tuning
 )
 @triton.jit(do_not_specialize=["M"])  # the batch's pixels: only masks read it, so a new batch size compiles nothing
 def _conv_fwd_kernel(
-    # pointers; out is [SPLITS, N, C_out, OH, OW] through its strides (fp32 partial sums when SPLITS > 1)
-    x_ptr, weight_ptr, bias_ptr, out_ptr,
+    # pointers; out is [N, C_out, OH, OW] through its strides. When SPLITS > 1 (Triton compiles SPLITS == 1 as a
+    # constant, and then neither is read): partial [SPLITS, M, C_out] in ACC_DTYPE, channels contiguous, and one int32
+    # arrival counter per output tile (arrivals.py), zero at launch
+    x_ptr, weight_ptr, bias_ptr, out_ptr, partial_ptr, arrivals_ptr,
     # sizes: the GEMM is M = N*OH*OW rows, C_out_g columns, TAPS*C_in_g reduction (TAPS = KH*KW)
     M, C_in_g, C_out_g, H, W, OH, OW, KW, TAPS, SPLITS,
     # convolution
@@ -63,7 +118,8 @@ def _conv_fwd_kernel(
     # strides; the weight is read as [C_out, KH, KW, C_in_g]
     stride_x_n, stride_x_c, stride_x_h, stride_x_w,
     stride_weight_cout, stride_weight_cin, stride_weight_kh, stride_weight_kw,
-    stride_out_split, stride_out_n, stride_out_c, stride_out_h, stride_out_w,
+    stride_out_n, stride_out_c, stride_out_h, stride_out_w,
+    stride_partial_split, stride_partial_m,
     # meta-parameters; PACKED: narrow channels, whose taps share a reduction block (see tuning.PACK_CHANNELS_BELOW)
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, PACKED: tl.constexpr, TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -160,19 +216,35 @@ def _conv_fwd_kernel(
             )
         acc = tl.dot(a, b, acc, input_precision="tf32" if TF32 else "ieee", out_dtype=ACC_DTYPE)
 
-    # Epilogue on the fp32 accumulator: bias, then ReLU. `acc < 0` is false for NaN, so NaN
-    # propagates as in F.relu.
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + co, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
-    if RELU:
-        acc = tl.where(acc < 0, 0.0, acc)
-    out_ptrs = (
-        out_ptr
-        + split.to(tl.int64) * stride_out_split
-        + (n.to(tl.int64) * stride_out_n + oh * stride_out_h + ow * stride_out_w)[:, None]
-        + (co.to(tl.int64) * stride_out_c)[None, :]
-    )
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    if SPLITS > 1:
+        # The reduction is split: each program writes its partial tile, and the last of the tile's SPLITS programs to
+        # arrive adds them up in split order (0, 1, 2, ...: bit-reproducible whichever arrives last), SUM_ROWS rows at a
+        # time, and stores.
+        partial_rows = partial_ptr + offs_m.to(tl.int64) * stride_partial_m + split.to(tl.int64) * stride_partial_split
+        tl.store(partial_rows[:, None] + co[None, :], acc, mask=mask_m[:, None] & mask_n[None, :])
+        arrival = arrivals_ptr + group * tl.num_programs(0) + pid
+        tl.static_assert(SUM_ROWS <= BLOCK_M, "the finishing program's rows stay in its tile (both powers of two)")
+        if split_arrive(arrival) == SPLITS - 1:
+            for r0 in range(0, BLOCK_M, SUM_ROWS):
+                rows = pid_m * BLOCK_M + r0 + tl.arange(0, SUM_ROWS)
+                mask = (rows < M)[:, None] & mask_n[None, :]
+                partial_tile = (partial_ptr + rows.to(tl.int64) * stride_partial_m)[:, None] + co[None, :]
+                total = sum_splits(partial_tile, mask, stride_partial_split, SPLITS)
+                out_rows = (
+                    (rows // (OW * OH)).to(tl.int64) * stride_out_n
+                    + (rows // OW) % OH * stride_out_h
+                    + rows % OW * stride_out_w
+                )
+                out_ptrs = out_ptr + out_rows[:, None] + (co.to(tl.int64) * stride_out_c)[None, :]
+                _bias_relu_store(total, bias_ptr, co, mask_n, out_ptrs, mask, HAS_BIAS, RELU)
+            tl.store(arrival, 0)  # for the next launch on this stream (or the graph's next replay)
+    else:
+        out_ptrs = (
+            out_ptr
+            + (n.to(tl.int64) * stride_out_n + oh * stride_out_h + ow * stride_out_w)[:, None]
+            + (co.to(tl.int64) * stride_out_c)[None, :]
+        )
+        _bias_relu_store(acc, bias_ptr, co, mask_n, out_ptrs, mask_m[:, None] & mask_n[None, :], HAS_BIAS, RELU)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,37 +295,38 @@ def convolve(
     M = N * OH * OW
     tf32 = _common.use_tf32(x.dtype)
     splits = tuning.reduction_splits(triton.cdiv(M, 64) * triton.cdiv(C_out_g, 64) * groups, KH * KW * C_in_g, x.device)
-    target = out
-    if splits > 1:  # partial sums, in the (n, c, h, w) order out is addressed in
+    partial = counters = out  # read only when the reduction is split
+    capacity = 0
+    if splits > 1:  # partial sums and a counter per output tile, however small the tiles the launch picks
         acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        target = _common.empty((splits, N, OH, OW, C_out), like=x, dtype=acc_dtype).permute(0, 1, 4, 2, 3)
+        partial = _common.empty((splits, M, C_out), like=x, dtype=acc_dtype)
+        tiles = tuning.most_tiles(M, C_out_g) * groups
+        counters = arrivals.counters(x, tiles)
+        capacity = counters.numel()
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C_out_g, meta["BLOCK_N"]), groups, splits)
+        tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C_out_g, meta["BLOCK_N"])
+        if splits > 1:
+            tuning.check_counters(tiles * groups, capacity)
+        return (tiles, groups, splits)
 
     def expect():
-        if splits > 1:  # the kernel writes partial sums, without bias or ReLU
-            return expected.conv(x, weight, None, stride, padding, groups, relu=False, tf32=tf32,
-                                 out_dtype=target.dtype, results=lambda: [target.sum(0)])
+        results = (lambda: [out]) if splits == 1 else arrivals.settled(counters, lambda: [out])
         return expected.conv(x, weight, bias, stride, padding, groups, relu=relu, tf32=tf32, out_dtype=out.dtype,
-                             results=lambda: [out])
+                             results=results)  # fmt: skip
 
     _common.launcher(_conv_fwd_kernel, expect)[grid](
-        x, weight, bias if bias is not None else weight, target,
+        x, weight, bias if bias is not None else weight, out, partial, counters,
         M, C_in_g, C_out_g, H, W, OH, OW, KW, KH * KW, splits,
         stride[0], stride[1], padding[0], padding[1],
         *x.stride(), weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
-        target.stride(0) if splits > 1 else 0, *(target.stride()[1:] if splits > 1 else out.stride()),
-        HAS_BIAS=bias is not None and splits == 1,
-        RELU=relu and splits == 1,
+        *out.stride(),
+        partial.stride(0) if splits > 1 else 0, partial.stride(1) if splits > 1 else 0,
+        HAS_BIAS=bias is not None,
+        RELU=relu,
         PACKED=C_in_g < tuning.PACK_CHANNELS_BELOW,
         TF32=tf32,
     )
-    if splits > 1:
-        total = target.sum(0)
-        if bias is not None:
-            total += bias.to(total.dtype)[:, None, None]
-        out.copy_(total.clamp_min(0) if relu else total)  # clamp_min keeps NaN, as F.relu
 
 
 @_common.bf16_in_fp32_under_interpreter

@@ -8,9 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common, autotune, expected
+from . import _common, arrivals, autotune, expected
 from . import conv_tuning as tuning
-from .conv import convolve, covers_input, dense_channels, flatten_to_1x1
+from .conv import SUM_ROWS, convolve, covers_input, dense_channels, flatten_to_1x1, split_arrive, sum_splits
 from .conv_tuning import MASK_CONFIGS
 
 # ---------------------------------------------------------------------------------------------
@@ -21,12 +21,14 @@ from .conv_tuning import MASK_CONFIGS
     MASK_CONFIGS,
     ["PIXELS_PER_PROGRAM", "C", "HAS_BIAS", "stride_grad_c", "stride_out_c"],
     tuning.interpreter_mask_blocks,
-    checked=["masked_ptr", "partial_db_ptr"],
+    checked=["masked_ptr", "db_ptr"],
 )
 @triton.jit(do_not_specialize=["PIXELS"])  # the batch's pixels: only masks read it
 def _relu_grad_kernel(
-    # pointers: masked [N, OH, OW, C] dense, partial_db [pixel chunks, C] in ACC_DTYPE
-    grad_ptr, out_ptr, masked_ptr, partial_db_ptr,
+    # pointers: masked [N, OH, OW, C] dense, db [C]; with HAS_BIAS and more than one pixel chunk (programs along axis
+    # 0), partial_db [chunks, C] in ACC_DTYPE and an int32 arrival counter per channel block (arrivals.py), zero at
+    # launch
+    grad_ptr, out_ptr, masked_ptr, db_ptr, partial_db_ptr, arrivals_ptr,
     # sizes: each program masks PIXELS_PER_PROGRAM pixels of one channel block
     PIXELS, PIXELS_PER_PROGRAM, C, OH, OW,
     # strides
@@ -38,6 +40,7 @@ def _relu_grad_kernel(
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if grad_ptr.dtype.element_ty == tl.float64 else tl.float32
     chunk = tl.program_id(0)
+    chunks = tl.num_programs(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = c < C
     p_start = chunk * PIXELS_PER_PROGRAM
@@ -58,7 +61,26 @@ def _relu_grad_kernel(
         if HAS_BIAS:
             db += tl.sum(g.to(ACC_DTYPE), axis=0)
     if HAS_BIAS:
-        tl.store(partial_db_ptr + chunk * stride_partial_db_chunk + c, db, mask=mask_c)
+        if chunks > 1:
+            # The last chunk to arrive at its channel block sums every chunk's partial, in a fixed order (chunk r into
+            # row r % BLOCK_P of a tile, chunk after chunk; then the tile's rows by tl.sum's fixed tree).
+            tl.store(partial_db_ptr + chunk * stride_partial_db_chunk + c, db, mask=mask_c)
+            arrival = arrivals_ptr + tl.program_id(1)
+            arrived = split_arrive(arrival)
+            if arrived == chunks - 1:
+                rows = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
+                for r0 in range(0, chunks, BLOCK_P):
+                    r = r0 + tl.arange(0, BLOCK_P)
+                    rows += tl.load(
+                        partial_db_ptr + (r * stride_partial_db_chunk)[:, None] + c[None, :],
+                        mask=(r < chunks)[:, None] & mask_c[None, :],
+                        other=0.0,
+                        cache_modifier=".cg",
+                    )
+                tl.store(arrival, 0)  # for the next launch on this stream (or the graph's next replay)
+                tl.store(db_ptr + c, tl.sum(rows, axis=0).to(db_ptr.dtype.element_ty), mask=mask_c)
+        else:
+            tl.store(db_ptr + c, db.to(db_ptr.dtype.element_ty), mask=mask_c)
 
 
 @autotune.tuned(
@@ -151,13 +173,14 @@ def _conv_dgrad_gather_kernel(
     prune=tuning.prune(
         tuning.WGRAD_CONFIGS, "x_ptr", {"BLOCK_M": "C_out_g", "BLOCK_N": "COLUMNS"}, tuning.WGRAD_PACKED_CONFIGS
     ),
-    checked=["partial_dw_ptr"],
+    checked=["dw_ptr"],
 )
 @triton.jit(do_not_specialize=["PIXELS", "PIXELS_PER_SPLIT"])  # the batch's pixels: loop bounds and masks
 def _conv_wgrad_kernel(
-    # pointers: grad is the masked gradient g, dense [pixels, C_out]; partial_dw [splits, C_out, KH, KW, Cin_g]
-    # in ACC_DTYPE
-    grad_ptr, x_ptr, partial_dw_ptr,
+    # pointers: grad is the masked gradient g, dense [pixels, C_out]; dw [C_out, KH, KW, Cin_g] through its strides
+    # (the launch's taps and columns); with more than one split (programs along axis 1), partial_dw [splits, C_out, KH,
+    # KW, Cin_g] in ACC_DTYPE and an int32 arrival counter per output tile (arrivals.py), zero at launch
+    grad_ptr, x_ptr, dw_ptr, partial_dw_ptr, arrivals_ptr,
     # sizes: per tap a GEMM of C_out_g rows, COLUMNS = C_in_g columns (TAPS*C_in_g when PACKED: every tap at once)
     # and the pixels N*OH*OW as reduction, split into PIXELS_PER_SPLIT chunks
     C_out_g, C_in_g, COLUMNS, H, W, OH, OW, KW, PIXELS, PIXELS_PER_SPLIT,
@@ -166,6 +189,7 @@ def _conv_wgrad_kernel(
     # strides
     stride_grad_pixel, stride_grad_c,
     stride_x_n, stride_x_c, stride_x_h, stride_x_w,
+    stride_dw_cout, stride_dw_kh, stride_dw_kw, stride_dw_cin,
     stride_partial_dw_split, stride_partial_dw_cout, stride_partial_dw_kh, stride_partial_dw_kw,
     stride_partial_dw_cin,
     # meta-parameters; PACKED: narrow channels, whose columns are (tap, channel) pairs (see tuning.PACK_CHANNELS_BELOW)
@@ -244,13 +268,30 @@ def _conv_wgrad_kernel(
         oh = tl.where(carry, oh - OH, oh)
         n += step_n + carry.to(tl.int32)
 
-    dw_ptrs = (
-        partial_dw_ptr
-        + split.to(tl.int64) * stride_partial_dw_split
-        + (co.to(tl.int64) * stride_partial_dw_cout)[:, None]
-        + (kh * stride_partial_dw_kh + kw * stride_partial_dw_kw + ci * stride_partial_dw_cin)[None, :]
-    )
-    tl.store(dw_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+    dw_columns = kh * stride_dw_kh + kw * stride_dw_kw + ci * stride_dw_cin  # [BLOCK_N], or a scalar tap's part
+    splits = tl.num_programs(1)
+    if splits > 1:
+        # The last of the tile's splits to arrive adds up their partial tiles in split order (bit-reproducible
+        # whichever arrives last), SUM_ROWS rows at a time, and stores the weight gradient in its dtype.
+        partial_columns = kh * stride_partial_dw_kh + kw * stride_partial_dw_kw + ci * stride_partial_dw_cin
+        partial_rows = partial_dw_ptr + split.to(tl.int64) * stride_partial_dw_split
+        partial_rows += co.to(tl.int64) * stride_partial_dw_cout
+        tl.store(partial_rows[:, None] + partial_columns[None, :], acc, mask=mask_m[:, None] & mask_n[None, :])
+        arrival = arrivals_ptr + group * tl.num_programs(0) + pid
+        tl.static_assert(SUM_ROWS <= BLOCK_M, "the finishing program's rows stay in its tile (both powers of two)")
+        if split_arrive(arrival) == splits - 1:
+            for r0 in range(0, BLOCK_M, SUM_ROWS):
+                rows = pid_m * BLOCK_M + r0 + tl.arange(0, SUM_ROWS)  # output channels within the group
+                mask = (rows < C_out_g)[:, None] & mask_n[None, :]
+                rows = (group * C_out_g + rows).to(tl.int64)
+                partial_tile = (partial_dw_ptr + rows * stride_partial_dw_cout)[:, None] + partial_columns[None, :]
+                total = sum_splits(partial_tile, mask, stride_partial_dw_split, splits)
+                dw_ptrs = dw_ptr + (rows * stride_dw_cout)[:, None] + dw_columns[None, :]
+                tl.store(dw_ptrs, total.to(dw_ptr.dtype.element_ty), mask=mask)
+            tl.store(arrival, 0)  # for the next launch on this stream (or the graph's next replay)
+    else:
+        dw_ptrs = dw_ptr + (co.to(tl.int64) * stride_dw_cout)[:, None] + dw_columns[None, :]
+        tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,23 +310,35 @@ def relu_grad(grad_out: torch.Tensor, out: torch.Tensor, with_bias: bool) -> tup
         return masked, _common.empty((C,), like=grad_out).zero_() if with_bias else None
     per_program = tuning.mask_pixels_per_program(pixels)
     chunks = triton.cdiv(pixels, per_program)
-    partial_db = _common.empty((chunks, C), like=grad_out, dtype=acc_dtype) if with_bias else masked
+    db = partial_db = counters = masked  # written or read only with the bias (partial_db, counters: and chunks)
+    capacity = 0
+    if with_bias:
+        # The partial sums and counters are read only with several chunks, but passed in their dtypes either way, so
+        # that a launch of one chunk (fc6 and fc7: a pixel per image) compiles nothing more than one of several.
+        db = _common.empty((C,), like=grad_out)
+        partial_db = _common.empty((chunks, C), like=grad_out, dtype=acc_dtype)
+        counters = arrivals.counters(grad_out, _common.cdiv(C, tuning.SMALLEST_MASK_BLOCK))
+        capacity = counters.numel() if chunks > 1 else 0
 
     def grid(meta):
-        return (chunks, triton.cdiv(C, meta["BLOCK_C"]))
+        blocks = triton.cdiv(C, meta["BLOCK_C"])
+        if capacity:
+            tuning.check_counters(blocks, capacity)
+        return (chunks, blocks)
 
     def expect():
-        return expected.relu_grad(
-            grad_out, out, with_bias, results=lambda: [masked, partial_db.sum(0)] if with_bias else [masked]
-        )
+        results = (lambda: [masked, db]) if with_bias else (lambda: [masked])
+        if capacity:
+            results = arrivals.settled(counters, results)
+        return expected.relu_grad(grad_out, out, with_bias, results=results)
 
     _common.launcher(_relu_grad_kernel, expect)[grid](
-        grad_out, out, masked, partial_db,
+        grad_out, out, masked, db, partial_db, counters,
         pixels, per_program, C, OH, OW,
         *grad_out.stride(), *out.stride(), partial_db.stride(0),
         HAS_BIAS=with_bias,
     )
-    return masked, partial_db.sum(0).to(grad_out.dtype) if with_bias else None
+    return masked, db if with_bias else None
 
 
 @_common.bf16_in_fp32_under_interpreter
@@ -320,15 +373,8 @@ def conv_relu_input_grad(
     if tuple(stride) == (1, 1):
         # A stride-1 convolution's input gradient is a convolution of g by the weights flipped in space and with
         # in and out channels swapped (per group), padded by k-1-p; that weight is small, so it is made once.
-        flipped = (
-            weight.reshape(groups, C_out_g, C_in_g, KH, KW)
-            .flip(3, 4)
-            .transpose(1, 2)
-            .reshape(C_in, C_out_g, KH, KW)
-            .contiguous(memory_format=torch.channels_last)
-        )
         padding = (KH - 1 - padding[0], KW - 1 - padding[1])
-        convolve(dense_channels(masked), flipped, None, dx, (1, 1), padding, groups, relu=False)
+        convolve(dense_channels(masked), flipped_weight(weight, groups), None, dx, (1, 1), padding, groups, relu=False)
         return dx
     gemm_m, gemm_k = N * H * W, C_out_g * KH * KW
 
@@ -370,10 +416,18 @@ def conv_relu_weight_grad(
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     masked = masked.contiguous(memory_format=torch.channels_last)  # pixels apart by C_out, channels by 1
     x = dense_channels(x)
-    kernel, conv_stride, conv_padding, taps_shape = (KH, KW), stride, padding, (KH, KW)
+    dw = _common.empty(weight_shape, like=x, memory_format=weight_memory_format)
+    written = dw  # what the kernel writes: dw, or where it cannot address dw's columns, a channels_last stand-in
+    reference_x, kernel, conv_stride, conv_padding, taps_shape = x, (KH, KW), stride, padding, (KH, KW)
     if covers_input((H, W), (KH, KW), padding, groups):  # one tap over the flattened input
         x, kernel, conv_stride, taps_shape = flatten_to_1x1(x), (1, 1), (1, 1), (1, 1)
         H = W = 1
+        if KH * KW > 1 and not dw.is_contiguous(memory_format=torch.channels_last):
+            written = _common.empty(weight_shape, like=x, memory_format=torch.channels_last)
+        # the columns are (kh, kw, ci), which a channels_last (or 1x1) dw lays out one after another
+        dw_strides = (written.stride(0), 0, 0, written.stride(1))
+    else:
+        dw_strides = (written.stride(0), written.stride(2), written.stride(3), written.stride(1))
     channels = x.shape[1] // groups
     taps = kernel[0] * kernel[1]
     packed = channels < tuning.PACK_CHANNELS_BELOW  # then one program's columns are (tap, channel) pairs of every tap
@@ -382,30 +436,71 @@ def conv_relu_weight_grad(
     tiles = triton.cdiv(C_out_g, 64) * triton.cdiv(taps * channels, 64) * groups
     splits = tuning.wgrad_splits(pixels, tiles, x.device)
     pixels_per_split = max(triton.cdiv(pixels, splits), 1)
+    # Partial sums and a counter per output tile (however small the tiles the launch picks), read only when the
+    # reduction is split, but passed in their dtypes and layout either way, so that a launch of one split (a small
+    # batch) compiles nothing more than a split one.
     partial_dw = _common.empty((splits, C_out, *taps_shape, channels), like=x, dtype=acc_dtype)
+    counters = arrivals.counters(x, tuning.most_tiles(C_out_g, columns) * (1 if packed else taps) * groups)
+    capacity = counters.numel() if splits > 1 else 0
 
     def grid(meta):
         rows, column_tiles = triton.cdiv(C_out_g, meta["BLOCK_M"]), triton.cdiv(columns, meta["BLOCK_N"])
-        return (rows * column_tiles * (1 if packed else taps), splits, groups)
+        tiles = rows * column_tiles * (1 if packed else taps)
+        if capacity:
+            tuning.check_counters(tiles * groups, capacity)
+        return (tiles, splits, groups)
 
     tf32 = _common.use_tf32(x.dtype)
 
-    def expect():  # in the launch's own coordinates: the flattened input and a 1x1 kernel for fc6
-        shape = (C_out, channels, *kernel)
-        return expected.conv_weight_grad(
-            x, masked, shape, conv_stride, conv_padding, groups, tf32=tf32,
-            results=lambda: [partial_dw.sum(0).reshape(C_out, *kernel, channels).permute(0, 3, 1, 2)],
-        )
+    def expect():
+        results = arrivals.settled(counters, lambda: [written]) if capacity else (lambda: [written])
+        return expected.conv_weight_grad(reference_x, masked, weight_shape, stride, padding, groups, tf32=tf32,
+                                         out_dtype=written.dtype, results=results)  # fmt: skip
 
     _common.launcher(_conv_wgrad_kernel, expect)[grid](
-        masked, x, partial_dw,
+        masked, x, written, partial_dw, counters,
         C_out_g, channels, columns, H, W, OH, OW, kernel[1], pixels, pixels_per_split,
         conv_stride[0], conv_stride[1], conv_padding[0], conv_padding[1],
         C_out, 1,  # dense NHWC: pixel p at p * C_out (not stride(3), which is arbitrary where OW is 1)
         *x.stride(),
+        *dw_strides,
         *partial_dw.stride(),
         PACKED=packed,
         TF32=tf32,
     )
-    dw = partial_dw.sum(0).reshape(C_out, KH, KW, C_in_g).permute(0, 3, 1, 2)
-    return dw.to(x.dtype, memory_format=weight_memory_format)
+    if written is not dw:
+        dw.copy_(written)
+    return dw
+
+
+# The index of each element of flipped_weight's result in the weight it is made from, by (device, weight shape,
+# groups): made on a layer's first backward, a weight's size in int64.
+_flip_indices: dict[tuple, torch.Tensor] = {}
+
+
+def flipped_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """[C_in, C_out_g, KH, KW], channels_last: per group, the weight flipped in space with its in and out channels
+    swapped (the stride-1 input gradient's weight), in one launch: torch.take of the weight at a cached index (flip
+    and the transposing copy would be two)."""
+    C_out, C_in_g, KH, KW = weight.shape
+    if _common.traced((weight,)):  # the index is the trace's own (a cached one is a real tensor, not the trace's)
+        index = _flip_index(C_out, C_in_g, KH, KW, groups, weight.device)
+    else:
+        key = (weight.device, C_out, C_in_g, KH, KW, groups)
+        index = _flip_indices.get(key)
+        if index is None:
+            index = _flip_indices[key] = _flip_index(C_out, C_in_g, KH, KW, groups, weight.device)
+    return torch.take(weight, index).permute(0, 3, 1, 2)
+
+
+def _flip_index(C_out: int, C_in_g: int, KH: int, KW: int, groups: int, device: torch.device) -> torch.Tensor:
+    """[C_in, KH, KW, C_out_g] int64: element (g * C_in_g + ci, kh, kw, co) is the row-major position (torch.take's)
+    of the weight's element (g * C_out_g + co, ci, KH - 1 - kh, KW - 1 - kw)."""
+    C_out_g = C_out // groups
+
+    def axis(size: int, at: int) -> torch.Tensor:  # arange(size) along dimension `at` of 5
+        return torch.arange(size, device=device).reshape([size if d == at else 1 for d in range(5)])
+
+    g, ci, kh, kw, co = (axis(size, at) for at, size in enumerate((groups, C_in_g, KH, KW, C_out_g)))
+    index = (((g * C_out_g + co) * C_in_g + ci) * KH + (KH - 1 - kh)) * KW + (KW - 1 - kw)
+    return index.reshape(groups * C_in_g, KH, KW, C_out_g)

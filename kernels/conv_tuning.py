@@ -196,7 +196,8 @@ def interpreter_mask_blocks(args: dict) -> dict:
 
 
 # A GEMM whose output tiles are fewer than the GPU's SMs (fc6, fc7: 128 rows by 2048 columns) splits its reduction
-# into at most this many parts, summed afterwards in fp32 (deterministic, no atomics); each part keeps at least
+# into at most this many parts, whose fp32 partial tiles the last program of each tile to finish sums in split order
+# (deterministic; arrivals.py); each part keeps at least
 # MIN_REDUCTION_PER_SPLIT products per output so that its loop stays long. The weight gradient reduces over every
 # output pixel of the batch (387k for conv1 at batch 128) and splits it likewise.
 MAX_SPLITS = 16
@@ -218,6 +219,31 @@ def mask_pixels_per_program(pixels: int) -> int:
     if not _common.INTERPRET:
         return MASK_PIXELS_PER_PROGRAM
     return pixels // _common.TEST_PROGRAMS + 1 if _common.TEST_TILES else pixels
+
+
+# The smallest block a conv kernel's tile takes along an output dimension (tl.dot's 16; every GPU config's is 32 or
+# more), and the mask kernel's smallest channel block (the interpreter's, under _common.TEST_TILES): launchers count
+# a split reduction's arrival counters (arrivals.py) for tiles this small, before the autotuner picks the real ones.
+SMALLEST_BLOCK = 16
+SMALLEST_MASK_BLOCK = 4
+
+
+def most_tiles(*extents: int) -> int:
+    """The most output tiles a launch over these extents can have: one per SMALLEST_BLOCK of each."""
+    tiles = 1
+    for extent in extents:
+        tiles *= _common.cdiv(extent, SMALLEST_BLOCK)
+    return tiles
+
+
+def check_counters(needed: int, capacity: int) -> None:
+    """Called by a split launch's grid, once its blocks are chosen: a counter per output tile must exist (a kernel
+    past the end would count in memory it does not own)."""
+    if needed > capacity:
+        raise RuntimeError(
+            f"a split reduction needs {needed} arrival counters but its launcher allocated {capacity}: a block smaller "
+            f"than conv_tuning.SMALLEST_BLOCK ({SMALLEST_BLOCK}) or SMALLEST_MASK_BLOCK ({SMALLEST_MASK_BLOCK})"
+        )
 
 
 def sm_count(device: torch.device) -> int | None:

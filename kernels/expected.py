@@ -184,9 +184,9 @@ def conv(x, weight, bias, stride, padding, groups, *, relu: bool, tf32: bool, ou
     return Within(results, [PerImage("output", reference, x.shape[0], per_row, tolerance)])
 
 
-def conv_weight_grad(x, masked, weight_shape, stride, padding, groups, *, tf32: bool, results) -> Within:
+def conv_weight_grad(x, masked, weight_shape, stride, padding, groups, *, tf32: bool, out_dtype, results) -> Within:
     """The weight gradient, [C_out, C_in_g, KH, KW], of a convolution of x that produced the masked gradient: summed
-    over slices of the batch in float64."""
+    over slices of the batch in float64, as the kernel writes it in out_dtype."""
     value = magnitude = 0.0
     for rows in batch_slices(x.shape[0], _per_image(x) + _per_image(masked)):
         x64, g64 = _f64(x[rows]), _f64(masked[rows])
@@ -195,8 +195,8 @@ def conv_weight_grad(x, masked, weight_shape, stride, padding, groups, *, tf32: 
             x64.abs(), weight_shape, g64.abs(), stride, padding, groups=groups
         )
     terms = masked.shape[0] * masked.shape[2] * masked.shape[3]
-    allowance = _allowance(value, magnitude, torch.float32, terms, x.dtype, tf32)
-    tolerance = _norm_tolerance(torch.float32, terms, x.dtype, tf32)
+    allowance = _allowance(value, magnitude, out_dtype, terms, x.dtype, tf32)
+    tolerance = _norm_tolerance(out_dtype, terms, x.dtype, tf32)
     return Within(results, [Whole("weight gradient", value, allowance, tolerance)])
 
 

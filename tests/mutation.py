@@ -57,6 +57,9 @@ LRN_POOL = ("tests/test_lrn_pool.py", "-k", "not gradcheck")
 DROPOUT = ("tests/test_dropout.py", "-k", "not gradcheck")
 AUGMENT = ("tests/test_augmentation.py",)
 
+# The line that sets a split reduction's arrival counter back to 0 (kernels/conv.py, conv_grad.py).
+RESET = "tl.store(arrival, 0)  # for the next launch on this stream (or the graph's next replay)\n"
+
 MUTANTS = [
     # ---- kernels/conv.py: the forward kernel (also the stride-1 input gradient and fc6/fc7) ----
     Mutant(
@@ -99,6 +102,55 @@ MUTANTS = [
         "in_image = (kh >= top) & (kh < bottom) & (kw >= left) & (kw <= right)",
         CONV,
         "a window past the right edge reads the next row's first pixel instead of padding",
+    ),
+    # the split reduction finished by the last program to arrive (fc6/fc7 and the weight gradient on a GPU; arrivals.py)
+    Mutant(
+        "split-sum-skips-a-split",
+        "kernels/conv.py",
+        "    for _split in range(0, splits):\n",
+        "    for _split in range(1, splits):\n",
+        CONV,
+        "the last program to arrive adds one partial tile fewer: fc6/fc7 miss a fifth of their sum, dw a sixteenth",
+    ),
+    Mutant(
+        "conv-fwd-first-arrival-finishes",
+        "kernels/conv.py",
+        "        if split_arrive(arrival) == SPLITS - 1:\n",
+        "        if split_arrive(arrival) == 0:\n",
+        CONV,
+        "the first program to arrive sums partial tiles the others have not written yet",
+    ),
+    Mutant(
+        "conv-fwd-arrival-not-reset",
+        "kernels/conv.py",
+        "            " + RESET + "    else:\n",
+        "    else:\n",
+        CONV,
+        "counters stay counted: from the second launch on no program of a tile is last, and fc6/fc7 write nothing",
+    ),
+    Mutant(
+        "conv-fwd-groups-share-counters",
+        "kernels/conv.py",
+        "        arrival = arrivals_ptr + group * tl.num_programs(0) + pid\n",
+        "        arrival = arrivals_ptr + pid\n",
+        CONV,
+        "one counter per tile for all groups: the first group's tiles end with no last program, the next's early",
+    ),
+    Mutant(
+        "conv-fwd-finish-rows-stuck",
+        "kernels/conv.py",
+        "                rows = pid_m * BLOCK_M + r0 + tl.arange(0, SUM_ROWS)\n",
+        "                rows = pid_m * BLOCK_M + tl.arange(0, SUM_ROWS)\n",
+        CONV,
+        "the finishing program sums the tile's first rows again and again; the rest of fc6/fc7's batch stays unwritten",
+    ),
+    Mutant(
+        "conv-fwd-split-path-drops-bias",
+        "kernels/conv.py",
+        "_bias_relu_store(total, bias_ptr, co, mask_n, out_ptrs, mask, HAS_BIAS, RELU)",
+        "_bias_relu_store(total, bias_ptr, co, mask_n, out_ptrs, mask, False, RELU)",
+        CONV,
+        "the split path's epilogue forgets the bias: fc6/fc7 compute relu(x w) instead of relu(x w + b)",
     ),
     # ---- kernels/conv_grad.py: ReLU's mask, the weight gradient, the strided input gradient ----
     Mutant(
@@ -149,6 +201,54 @@ MUTANTS = [
         "        th = ih[:, None] - pad_h - kh[None, :]\n",
         CONV,
         "a strided convolution's input gradient gathers from windows shifted by twice the padding",
+    ),
+    Mutant(
+        "relu-grad-bias-drops-last-chunk",
+        "kernels/conv_grad.py",
+        "mask=(r < chunks)[:, None] & mask_c[None, :],",
+        "mask=(r < chunks - 1)[:, None] & mask_c[None, :],",
+        CONV,
+        "the bias gradient leaves out the last pixel chunk's sum (conv1 has 1,500 chunks a batch on a GPU)",
+    ),
+    Mutant(
+        "relu-grad-arrival-not-reset",
+        "kernels/conv_grad.py",
+        "                " + RESET + "                tl.store(db_ptr",
+        "                tl.store(db_ptr",
+        CONV,
+        "the bias gradient's counters stay counted: from the second launch on no chunk is last and db is never written",
+    ),
+    Mutant(
+        "wgrad-arrival-not-reset",
+        "kernels/conv_grad.py",
+        "            " + RESET + "    else:\n",
+        "    else:\n",
+        CONV,
+        "the weight gradient's counters stay counted: from the second launch on dw is never written",
+    ),
+    Mutant(
+        "wgrad-finish-rows-of-the-first-tile",
+        "kernels/conv_grad.py",
+        "rows = pid_m * BLOCK_M + r0 + tl.arange(0, SUM_ROWS)  # output channels within the group",
+        "rows = r0 + tl.arange(0, SUM_ROWS)  # output channels within the group",
+        CONV,
+        "every finishing program sums and writes the first row tile's output channels; the others' dw stays unwritten",
+    ),
+    Mutant(
+        "wgrad-dw-taps-transposed",
+        "kernels/conv_grad.py",
+        "dw_strides = (written.stride(0), written.stride(2), written.stride(3), written.stride(1))",
+        "dw_strides = (written.stride(0), written.stride(3), written.stride(2), written.stride(1))",
+        CONV,
+        "the weight gradient is written with kh and kw swapped: wrong for every non-symmetric kernel tap",
+    ),
+    Mutant(
+        "dgrad-flip-misses-the-width",
+        "kernels/conv_grad.py",
+        "* KW + (KW - 1 - kw)",
+        "* KW + kw",
+        CONV,
+        "a stride-1 input gradient's weight is flipped in height only: conv2-5's input gradients go wrong",
     ),
     # ---- kernels/pool.py ----
     Mutant(

@@ -237,6 +237,21 @@ def test_the_syncs_part_fails_when_a_step_after_warm_up_syncs(tmp_path):
     assert "`alexnet_triton/functional/dropout.py:70`" in "\n".join(result.details)
 
 
+@pytest.mark.parametrize(
+    ("captured", "replay_syncs", "status"), [(True, [0, 0], PASSED), (False, [0, 0], FAILED), (True, [0, 2], FAILED)]
+)
+def test_the_syncs_part_reports_the_step_with_and_without_a_graph(tmp_path, captured, replay_syncs, status):
+    (tmp_path / "logs").mkdir()
+    found = {"what": "at.AlexNet", "per_step": [40, 3, 0, 0], "warmup_steps": 2, "steady_locations": {},
+             "step_ms": {"eager": 31.5, "graph": 24.25}, "graph_captured": captured,
+             "graph_syncs_per_step": replay_syncs}  # fmt: skip
+    (tmp_path / "logs" / "syncs.log").write_text(gpu_check.RESULT_MARK + json.dumps(found) + "\n")
+    result = PartResult("syncs", "", PASSED, log="logs/syncs.log")
+    gpu_check.syncs_part(tmp_path, sys.executable, 30).summarize(result)
+    assert "31.5 ms eagerly, 24.25 ms as a CUDA graph" in result.summary
+    assert result.status == status
+
+
 def test_the_bench_part_makes_the_harness_report(tmp_path):
     def row(layer, op, impl, seconds, kind="op", direction="forward+backward", **extra):
         info = {"kind": kind, "op": op, "layer": layer, "direction": direction, "dtype": "bfloat16",

@@ -1,13 +1,17 @@
 """at.conv2d_relu and at.nn.Conv2dReLU against float64 PyTorch: values, every gradient, layouts, errors."""
 
+import collections
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from alexnet_triton.kernels import _common, conv_tuning
+from alexnet_triton.kernels import _common, arrivals, conv_tuning
 from alexnet_triton.kernels import conv as conv_kernels
 from alexnet_triton.kernels import conv_grad as conv_grad_kernels
 from helpers import TOLERANCE, assert_close, away_from_kink, every_other, requires_cuda
 from tiles import table, uncovered
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import alexnet_triton as at
 from alexnet_triton.model import layer_shapes
@@ -294,6 +298,176 @@ def test_weight_gradient_splits_its_pixels(splits, launches, monkeypatch, device
         (launch,) = launches
         assert launch.coverage()["splits"] == (splits,)
         assert uncovered(launches) == [], table(launches)
+
+
+class AtenOps(TorchDispatchMode):
+    """The ATen ops run inside it, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func._schema.name.removeprefix("aten::"))
+        return func(*args, **(kwargs or {}))
+
+
+def counters_all_zero() -> bool:
+    return all(not bool(buffer.any()) for buffer in arrivals._buffers.values())
+
+
+@pytest.fixture
+def arrivals_counted(monkeypatch, launches):
+    """Per launch (its index in `launches`) and arrival counter (its address): the counts its atomic increments
+    returned, in the order the interpreter ran the programs. The interpreter runs one program after another, so the
+    last to arrive always finds the others' partial tiles written: a kernel whose every program took itself for the
+    last would still end with the right sums. What it cannot hide is the counts: each tile's must be 0, 1, ...,
+    splits - 1, one per program."""
+    from triton.runtime import interpreter
+
+    counted = collections.defaultdict(lambda: collections.defaultdict(list))
+    builder = interpreter.interpreter_builder
+    increment = builder.create_atomic_rmw
+
+    def counting(op, ptr, val, mask, sem, scope):
+        result = increment(op, ptr, val, mask, sem, scope)
+        for address, old, active in zip(ptr.data.ravel(), result.data.ravel(), mask.data.ravel(), strict=True):
+            if active:
+                counted[len(launches) - 1][int(address)].append(int(old))
+        return result
+
+    monkeypatch.setattr(builder, "create_atomic_rmw", counting)
+    return counted
+
+
+# Per kernel whose programs share a reduction: the grid axis along which they share it (the split's).
+SHARING_AXIS = {"_conv_fwd_kernel": 2, "_conv_wgrad_kernel": 1, "_relu_grad_kernel": 0}
+
+
+def assert_one_arrival_per_program(launches, counted) -> None:
+    """Every split launch counted each of its tiles on a counter of its own, once per program sharing the tile, and
+    a launch whose reduction is whole counted nothing."""
+    for index, launch in enumerate(launches):
+        sharing = launch.grid[SHARING_AXIS[launch.kernel]]
+        tiles = counted.get(index, {})
+        if sharing == 1:
+            assert not tiles, f"{launch.kernel}: a whole reduction counted arrivals"
+            continue
+        assert len(tiles) * sharing == math.prod(launch.grid), f"{launch.kernel}: {len(tiles)} counters, {launch.grid}"
+        for counts in tiles.values():
+            assert counts == list(range(sharing)), f"{launch.kernel}: a tile's arrivals counted {counts}"
+
+
+@pytest.fixture
+def split_everywhere(monkeypatch):
+    """Every split reduction split 3 ways (the forward's and the weight gradient's, as on a GPU with few output tiles;
+    ReLU's mask is cut into 3 pixel chunks by the tests' tiles), and the split paths' launches recorded."""
+    monkeypatch.setattr(conv_tuning, "reduction_splits", lambda tiles, reduction, device: 3)
+    monkeypatch.setattr(conv_tuning, "wgrad_splits", lambda pixels, tiles, device: 3)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, padding, groups",
+    [((5, 24, 3, 3), (37, 24, 3, 3), 0, 1), ((2, 34, 5, 4), (36, 17, 3, 3), 1, 2)],
+    ids=["kernel-covers-input", "groups"],
+)
+def test_split_reductions_finish_in_the_kernel_twice_over(
+    x_shape, w_shape, padding, groups, memory_format, split_everywhere, launches, arrivals_counted, device
+):
+    # fc6 (a kernel covering its input), and a grouped convolution whose groups' tiles count on counters of their own,
+    # with every reduction split: each kernel's last program to arrive at a tile sums the partial tiles, adds the bias,
+    # applies ReLU and stores, and sets its arrival counter back to 0; so a second call on the same counters computes
+    # as the first did (a counter left counted would keep every program of its tile from being last, and leave the
+    # poisoned output NaN). No torch op sums, adds, clamps or flips after a kernel.
+    def inputs():
+        x = randn(*x_shape, device=device).to(memory_format=memory_format)
+        w = randn(*w_shape, device=device).to(memory_format=memory_format)
+        return x, w, randn(w_shape[0], device=device)
+
+    for call in range(2):
+        _, grads = check_conv2d_relu(*inputs(), 1, padding, groups, torch.float32)
+        assert counters_all_zero(), f"call {call}: a kernel left an arrival counter counted"
+        assert grads[1].is_contiguous(memory_format=memory_format), "the weight gradient keeps the weight's layout"
+    if _common.INTERPRET:
+        assert [launch.kernel for launch in launches[-4:]] == [
+            "_conv_fwd_kernel", "_relu_grad_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel"
+        ]  # fmt: skip
+        forward, relu_grad, input_grad, weight_grad = launches[-4:]
+        assert forward.grid[2] == input_grad.grid[2] == weight_grad.grid[1] == relu_grad.grid[0] == 3
+        assert_one_arrival_per_program(launches, arrivals_counted)
+    x, w, b = (t.requires_grad_() for t in inputs())
+    with AtenOps() as aten:
+        out = at.conv2d_relu(x, w, b, 1, padding, groups)
+        torch.autograd.grad(out, (x, w, b), torch.ones_like(out))
+    # (Copies are no sign: NCHW tensors are copied to channels_last and back, and the interpreter copies arguments.)
+    assert not {"sum", "add", "add_", "clamp_min", "flip", "_to_copy"} & set(aten.ops), aten.ops
+
+
+def test_split_forward_keeps_bias_relu_and_nan(split_everywhere, device):
+    # On the split path the epilogue runs in the last program: bias added to the summed partials, then ReLU, whose
+    # `acc < 0` is false for NaN, so an image with a NaN input gives NaN outputs, as F.relu(F.conv2d(...)) does.
+    x, w, b = randn(4, 40, 1, 1, device=device), randn(24, 40, 1, 1, device=device), 3 * randn(24, device=device)
+    x[2, 7] = float("nan")
+    out = conv_kernels.conv_relu_forward(x, w, b, (1, 1), (0, 0), 1)
+    reference = F.relu(F.conv2d(x.double(), w.double(), b.double()))
+    assert torch.equal(out.isnan(), reference.isnan()) and out[2].isnan().all()
+    finite = ~reference.isnan()
+    assert torch.equal(out[finite] == 0, reference[finite] == 0), "ReLU's zeros"
+    assert (out[finite] > 0).any() and (out[finite] == 0).any()
+    torch.testing.assert_close(out[finite].double(), reference[finite], rtol=1e-5, atol=1e-5)
+    assert counters_all_zero()
+
+
+def test_bias_gradient_of_pixel_chunks_keeps_nan(launches, arrivals_counted, device):
+    # ReLU's mask cuts the pixels into 3 chunks (the tests' tiles); the last chunk to arrive at a channel block sums the
+    # partial bias gradients. A NaN incoming gradient where the output is positive reaches its channel's bias gradient
+    # only; one where ReLU clipped the output does not.
+    out, grad = torch.relu(randn(3, 10, 5, 7, device=device)), randn(3, 10, 5, 7, device=device)
+    out[1, 4, 2, 3], out[0, 6, 1, 1] = 1.0, 0.0
+    grad[1, 4, 2, 3] = grad[0, 6, 1, 1] = float("nan")
+    for _ in range(2):  # the second on the counters the first left
+        masked, db = conv_grad_kernels.relu_grad(grad, out, True)
+        kept = torch.where(out > 0, grad.double(), 0.0)
+        assert torch.equal(masked.isnan(), kept.isnan()) and masked.isnan().sum() == 1
+        reference = kept.sum((0, 2, 3))
+        assert db.isnan()[4] and db.isnan().sum() == 1
+        finite = reference.isfinite()
+        torch.testing.assert_close(db.double()[finite], reference[finite], rtol=1e-5, atol=1e-5)
+        assert counters_all_zero()
+    if _common.INTERPRET:
+        assert [launch.grid[0] for launch in launches] == [3, 3]  # pixel chunks
+        assert_one_arrival_per_program(launches, arrivals_counted)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_split_weight_gradient_in_the_weights_layout(kernel, memory_format, split_everywhere, device):
+    # The weight gradient's last program writes dw in the weight's dtype and layout; fc6's columns are the flattened
+    # (kh, kw, ci), which an NCHW weight does not lay out one after another, so that one is written channels_last
+    # and copied.
+    x = randn(7, 20, kernel, kernel, device=device)
+    masked = randn(7, 18, 1, 1, device=device).contiguous(memory_format=torch.channels_last)
+    shape = [18, 20, kernel, kernel]
+    dw = conv_grad_kernels.conv_relu_weight_grad(masked, x, shape, memory_format, (1, 1), (0, 0), 1)
+    assert dw.is_contiguous(memory_format=memory_format)
+    reference = torch.nn.grad.conv2d_weight(x.double(), shape, masked.double(), (1, 1), (0, 0))
+    assert_close(dw, reference, TOLERANCE[torch.float32], "weight gradient")
+    assert counters_all_zero()
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_stride_one_input_gradients_weight_is_one_gather(groups, memory_format, device):
+    # Flipped in space, in and out channels swapped per group, channels_last: one torch.take at an index made once.
+    w = randn(6, 5, 3, 4, device=device).to(memory_format=memory_format)
+    flipped = conv_grad_kernels.flipped_weight(w, groups)
+    per_group = w.reshape(groups, 6 // groups, 5, 3, 4)
+    reference = per_group.flip(3, 4).transpose(1, 2).reshape(5 * groups, 6 // groups, 3, 4)
+    assert torch.equal(flipped, reference) and flipped.is_contiguous(memory_format=torch.channels_last)
+    with AtenOps() as aten:
+        again = conv_grad_kernels.flipped_weight(w, groups)
+    assert torch.equal(again, reference) and aten.ops == ["take", "permute"], aten.ops
 
 
 @pytest.mark.parametrize("channels", [4, 16], ids=["packed-taps", "channel-blocks"])

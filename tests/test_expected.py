@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 import triton
-from alexnet_triton.kernels import augment, autotune, conv, conv_grad, dropout, expected, lrn, lrn_pool, pool
+from alexnet_triton.kernels import arrivals, augment, autotune, conv, conv_grad, dropout, expected, lrn, lrn_pool, pool
 
 
 def randn(*shape):
@@ -92,6 +92,28 @@ def test_conv_forward_in_split_partial_sums(tuned_with_a_spoiled_candidate, monk
     chose_the_right_one(tuner, lambda: conv.conv_relu_forward(x, w, b, (1, 1), (0, 0), 1))
 
 
+def test_a_candidate_that_leaves_a_counter_counted_spoils_no_other(tuned_with_a_spoiled_candidate, monkeypatch):
+    # A split forward's spoiled candidate also leaves an arrival counter counted, as a miscompiled one might: the check
+    # zeroes the counters once it has read a candidate's outputs, so the right candidate after it still finishes every
+    # tile (otherwise its second program would take itself for the last and sum a partial tile not yet written).
+    monkeypatch.setattr(conv.tuning, "reduction_splits", lambda tiles, reduction, device: 3)
+    tuner = tuned_with_a_spoiled_candidate(conv, "_conv_fwd_kernel", True)
+    spoiler, run = tuner.fn, tuner.fn.run
+
+    def and_a_counter(*args, SPOIL=False, **kwargs):
+        result = run(*args, SPOIL=SPOIL, **kwargs)
+        if SPOIL and not kwargs.get("warmup"):
+            {**dict(zip(spoiler.arg_names, args, strict=False)), **kwargs}["arrivals_ptr"][0] += 1
+        return result
+
+    monkeypatch.setattr(spoiler, "run", and_a_counter)
+    x, w, b = randn(3, 40, 1, 1), randn(20, 40, 1, 1), randn(20)
+    out = chose_the_right_one(tuner, lambda: conv.conv_relu_forward(x, w, b, (1, 1), (0, 0), 1))
+    reference = torch.relu(torch.nn.functional.conv2d(x.double(), w.double(), b.double()))
+    torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-5)
+    assert not any(bool(buffer.any()) for buffer in arrivals._buffers.values())
+
+
 def test_conv_packed_forward_strided(tuned_with_a_spoiled_candidate):
     tuner = tuned_with_a_spoiled_candidate(conv, "_conv_fwd_kernel", True)
     x, w, b = randn(2, 3, 23, 23), randn(16, 3, 11, 11), randn(16)
@@ -103,6 +125,17 @@ def test_relu_mask_and_bias_gradient(tuned_with_a_spoiled_candidate, with_bias):
     tuner = tuned_with_a_spoiled_candidate(conv_grad, "_relu_grad_kernel", True)
     out, grad = torch.relu(randn(2, 24, 5, 6)), randn(2, 24, 5, 6)
     chose_the_right_one(tuner, lambda: conv_grad.relu_grad(grad, out, with_bias))
+
+
+def test_bias_gradient_of_pixel_chunks(tuned_with_a_spoiled_candidate, monkeypatch):
+    # Three pixel chunks, whose last program to arrive sums the bias gradient: the bias gradient spoiled this time.
+    monkeypatch.setattr(conv_grad.tuning, "mask_pixels_per_program", lambda pixels: pixels // 3 + 1)
+    tuner = tuned_with_a_spoiled_candidate(conv_grad, "_relu_grad_kernel", True)
+    monkeypatch.setattr(tuner.fn, "output", "db_ptr")
+    out, grad = torch.relu(randn(2, 24, 5, 6)), randn(2, 24, 5, 6)
+    _, db = chose_the_right_one(tuner, lambda: conv_grad.relu_grad(grad, out, True))
+    reference = torch.where(out > 0, grad, 0).double().sum((0, 2, 3))
+    torch.testing.assert_close(db.double(), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_weight_gradient(tuned_with_a_spoiled_candidate, monkeypatch):
@@ -240,5 +273,7 @@ def test_tf32_truncation_of_both_operands_is_within_the_allowance(seed):
     assert check.judge() is None
     x, g = torch.relu(torch.randn(4, 16, 7, 7, generator=generator)), torch.randn(4, 8, 7, 7, generator=generator)
     dw = torch.nn.grad.conv2d_weight(tf32_truncated(x).double(), (8, 16, 5, 5), tf32_truncated(g).double(), 1, 2)
-    check = expected.conv_weight_grad(x, g, (8, 16, 5, 5), (1, 1), (2, 2), 1, tf32=True, results=lambda: [dw.float()])
+    check = expected.conv_weight_grad(
+        x, g, (8, 16, 5, 5), (1, 1), (2, 2), 1, tf32=True, out_dtype=torch.float32, results=lambda: [dw.float()]
+    )
     assert check.judge() is None
