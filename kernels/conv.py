@@ -294,7 +294,8 @@ def convolve(
     C_out_g = C_out // groups
     M = N * OH * OW
     tf32 = _common.use_tf32(x.dtype)
-    splits = tuning.reduction_splits(triton.cdiv(M, 64) * triton.cdiv(C_out_g, 64) * groups, KH * KW * C_in_g, x.device)
+    tiles = _common.cdiv(M, 64) * _common.cdiv(C_out_g, 64) * groups
+    splits = tuning.reduction_splits(tiles, KH * KW * C_in_g, x.device)
     partial = counters = out  # read only when the reduction is split
     capacity = 0
     if splits > 1:  # partial sums and a counter per output tile, however small the tiles the launch picks
@@ -305,7 +306,7 @@ def convolve(
         capacity = counters.numel()
 
     def grid(meta):
-        tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C_out_g, meta["BLOCK_N"])
+        tiles = _common.cdiv(M, meta["BLOCK_M"]) * _common.cdiv(C_out_g, meta["BLOCK_N"])
         if splits > 1:
             tuning.check_counters(tiles * groups, capacity)
         return (tiles, groups, splits)

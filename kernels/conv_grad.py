@@ -309,7 +309,7 @@ def relu_grad(grad_out: torch.Tensor, out: torch.Tensor, with_bias: bool) -> tup
     if pixels == 0:
         return masked, _common.empty((C,), like=grad_out).zero_() if with_bias else None
     per_program = tuning.mask_pixels_per_program(pixels)
-    chunks = triton.cdiv(pixels, per_program)
+    chunks = _common.cdiv(pixels, per_program)
     db = partial_db = counters = masked  # written or read only with the bias (partial_db, counters: and chunks)
     capacity = 0
     if with_bias:
@@ -321,7 +321,7 @@ def relu_grad(grad_out: torch.Tensor, out: torch.Tensor, with_bias: bool) -> tup
         capacity = counters.numel() if chunks > 1 else 0
 
     def grid(meta):
-        blocks = triton.cdiv(C, meta["BLOCK_C"])
+        blocks = _common.cdiv(C, meta["BLOCK_C"])
         if capacity:
             tuning.check_counters(blocks, capacity)
         return (chunks, blocks)
@@ -379,7 +379,7 @@ def conv_relu_input_grad(
     gemm_m, gemm_k = N * H * W, C_out_g * KH * KW
 
     def grid(meta):
-        return (triton.cdiv(gemm_m, meta["BLOCK_M"]) * triton.cdiv(C_in_g, meta["BLOCK_N"]), groups)
+        return (_common.cdiv(gemm_m, meta["BLOCK_M"]) * _common.cdiv(C_in_g, meta["BLOCK_N"]), groups)
 
     tf32 = _common.use_tf32(masked.dtype)
 
@@ -433,9 +433,9 @@ def conv_relu_weight_grad(
     packed = channels < tuning.PACK_CHANNELS_BELOW  # then one program's columns are (tap, channel) pairs of every tap
     columns = taps * channels if packed else channels
     pixels = N * OH * OW
-    tiles = triton.cdiv(C_out_g, 64) * triton.cdiv(taps * channels, 64) * groups
+    tiles = _common.cdiv(C_out_g, 64) * _common.cdiv(taps * channels, 64) * groups
     splits = tuning.wgrad_splits(pixels, tiles, x.device)
-    pixels_per_split = max(triton.cdiv(pixels, splits), 1)
+    pixels_per_split = max(_common.cdiv(pixels, splits), 1)
     # Partial sums and a counter per output tile (however small the tiles the launch picks), read only when the
     # reduction is split, but passed in their dtypes and layout either way, so that a launch of one split (a small
     # batch) compiles nothing more than a split one.
@@ -444,7 +444,7 @@ def conv_relu_weight_grad(
     capacity = counters.numel() if splits > 1 else 0
 
     def grid(meta):
-        rows, column_tiles = triton.cdiv(C_out_g, meta["BLOCK_M"]), triton.cdiv(columns, meta["BLOCK_N"])
+        rows, column_tiles = _common.cdiv(C_out_g, meta["BLOCK_M"]), _common.cdiv(columns, meta["BLOCK_N"])
         tiles = rows * column_tiles * (1 if packed else taps)
         if capacity:
             tuning.check_counters(tiles * groups, capacity)

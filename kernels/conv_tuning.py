@@ -4,6 +4,8 @@ share a reduction. Kept apart from the kernels so that the configs, with the cen
 table.
 """
 
+import functools
+
 import torch
 import triton
 
@@ -147,7 +149,7 @@ def interpreter_fwd_blocks(args: dict) -> dict:
     if _common.TEST_TILES:
         block_k = _test_reduction_block(args)
     else:
-        block_k = _common.block(triton.cdiv(fwd_reduction_block(args), args["SPLITS"]), 16, 512)
+        block_k = _common.block(_common.cdiv(fwd_reduction_block(args), args["SPLITS"]), 16, 512)
     return {
         "BLOCK_M": _common.program_block(args["M"], 16, 1024),
         "BLOCK_N": _common.program_block(args["C_out_g"], 16, 512),
@@ -163,8 +165,8 @@ def _test_reduction_block(args: dict) -> int:
     channels, splits = fwd_reduction_block(args), args["SPLITS"]
     block_k = _common.trip_block(channels, 16, 512)
     while block_k > 16:
-        steps = taps * triton.cdiv(channels, block_k)
-        if steps - (splits - 1) * triton.cdiv(steps, splits) >= _common.TEST_TRIPS:  # the kernel's share per split
+        steps = taps * _common.cdiv(channels, block_k)
+        if steps - (splits - 1) * _common.cdiv(steps, splits) >= _common.TEST_TRIPS:  # the kernel's share per split
             break
         block_k //= 2
     return block_k
@@ -250,7 +252,13 @@ def sm_count(device: torch.device) -> int | None:
     """The GPU's streaming multiprocessors, or None where programs are not spread over any (CPU, interpreter)."""
     if _common.INTERPRET or device.type != "cuda":
         return None
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _multiprocessors(index: int) -> int:
+    """A device's SM count, asked once (every conv launch plans its splits with it)."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def reduction_splits(tiles: int, reduction: int, device: torch.device) -> int:
@@ -259,7 +267,7 @@ def reduction_splits(tiles: int, reduction: int, device: torch.device) -> int:
     sms = sm_count(device)
     if sms is None or tiles >= sms:
         return 1
-    return max(1, min(triton.cdiv(2 * sms, tiles), MAX_SPLITS, reduction // MIN_REDUCTION_PER_SPLIT))
+    return max(1, min(_common.cdiv(2 * sms, tiles), MAX_SPLITS, reduction // MIN_REDUCTION_PER_SPLIT))
 
 
 def wgrad_splits(pixels: int, tiles: int, device: torch.device) -> int:
@@ -268,4 +276,4 @@ def wgrad_splits(pixels: int, tiles: int, device: torch.device) -> int:
     sms = sm_count(device)
     if sms is None:
         return 1
-    return max(1, min(triton.cdiv(2 * sms, max(tiles, 1)), MAX_SPLITS, pixels // MIN_PIXELS_PER_SPLIT))
+    return max(1, min(_common.cdiv(2 * sms, max(tiles, 1)), MAX_SPLITS, pixels // MIN_PIXELS_PER_SPLIT))

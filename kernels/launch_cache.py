@@ -57,28 +57,28 @@ def _grid_key(grid):
 
 
 def key(kernel, device: torch.device, grid, args: tuple, kwargs: dict) -> tuple | None:
-    """The launch's key, or None where it cannot have one: an argument that is neither a plain tensor (or
-    Parameter) nor a number (a tensor subclass, a tensor passed by keyword), or a grid that closes over one."""
+    """The launch's key (None where its grid closes over anything but numbers). Built in one pass for speed: an
+    argument that is neither a plain tensor (or Parameter) nor a number (a tensor subclass, a tensor passed by
+    keyword) goes in as (its type, itself), which remember() refuses to keep, so such a launch never hits."""
     grid_key = _grid_key(grid)
     if grid_key is None:
         return None
-    signature = []
-    for arg in args:
-        kind = type(arg)  # type() rather than isinstance, which costs a microsecond per argument on torch.Tensor
-        if kind in _TENSORS:
-            signature.append((arg.dtype, arg.data_ptr() & 15))
-        elif kind is int:
-            signature.append(arg)
-        elif kind in _SCALARS:
-            signature.append((kind, arg))  # True, 1 and 1.0 are equal keys, and compile differently
-        else:
-            return None
-    constexprs = []
-    for name, value in kwargs.items():
-        if type(value) not in _SCALARS:
-            return None
-        constexprs.append((name, type(value), value))
-    return (kernel, device, grid_key, tuple(signature), tuple(constexprs))
+    # type() rather than isinstance, which costs a microsecond per argument on torch.Tensor. True, 1 and 1.0 are
+    # equal keys in Python and compile differently in Triton, so numbers other than ints carry their type.
+    signature = tuple(
+        [(arg.dtype, arg.data_ptr() & 15) if (kind := type(arg)) in _TENSORS else arg if kind is int else (kind, arg)
+         for arg in args]
+    )  # fmt: skip
+    constexprs = tuple([(name, type(value), value) for name, value in kwargs.items()])
+    return (kernel, device, grid_key, signature, constexprs)
+
+
+def _keyable(launch_key: tuple) -> bool:
+    """Whether every argument in the key is a tensor's (dtype, alignment) or a number."""
+    _, _, _, signature, constexprs = launch_key
+    return all(type(entry) is int or (type(entry) is tuple and entry[0] in _SCALARS) or
+               (type(entry) is tuple and isinstance(entry[0], torch.dtype)) for entry in signature) and all(
+        kind in _SCALARS for _, kind, _ in constexprs)  # fmt: skip
 
 
 _TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -88,7 +88,7 @@ _SCALARS = (int, bool, float, type(None))
 def remember(launch_key: tuple, target, compiled, grid: tuple, args: tuple, kwargs: dict) -> None:
     """Keep what the launch at launch_key ran: compiled (what the JIT's run returned), on grid, with the tuned
     config of target (an autotuner) if any. Nothing is kept where any of it is missing."""
-    if not all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata")):
+    if not all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata")) or not _keyable(launch_key):
         return
     config = getattr(target, "best_config", None)
     meta = config.all_kwargs() if config is not None and hasattr(target, "configs") else {}

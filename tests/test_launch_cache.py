@@ -82,13 +82,19 @@ def test_numbers_python_calls_equal_but_triton_compiles_apart_get_different_keys
 
 def test_a_launch_with_an_argument_it_cannot_key_is_never_remembered():
     x = torch.zeros(4)
-    assert launch_cache.key("k", x.device, (1,), (x,), {"other_ptr": x}) is None  # a tensor by keyword
-    assert launch_cache.key("k", x.device, (1,), (x, "text"), {}) is None
 
     class Sub(torch.Tensor):
         pass
 
-    assert launch_cache.key("k", x.device, (1,), (x, x.as_subclass(Sub)), {}) is None
+    tuner = Tuner(["x_ptr", "other", "FLAG"], {})
+    for args, kwargs in [
+        ((x,), {"other": x, "FLAG": True}),  # a tensor by keyword
+        ((x, "text"), {"FLAG": True}),
+        ((x, x.as_subclass(Sub)), {"FLAG": True}),
+    ]:
+        launch_key = launch_cache.key(tuner, x.device, (1,), args, kwargs)
+        launch_cache.remember(launch_key, tuner, Compiled(), (1,), args, kwargs)
+        assert not launch_cache.run(launch_key, args), (args, kwargs)
 
     def grid(meta):  # closes over a variable assigned after it is made
         return (later,)
