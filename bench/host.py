@@ -8,9 +8,10 @@ of a training step, measured on a CPU with every Triton launch stopped at the co
 
 What runs as on a GPU: the public function's checks, autocast and dispatch, torch's dispatcher and autograd,
 torch.library.triton_op and wrap_triton, the launcher (`kernels/_common.py`), the checked autotuner's key and
-cache lookup, output allocation, every ATen op a launcher issues, and Triton's own `JITFunction.run` (binding the
-arguments, the specialization key, the compiled-kernel cache lookup) down to `CompiledKernel.run`, the compiled
-launcher that would call the driver. There each launch is recorded by name and returns.
+cache lookup, output allocation, every ATen op a launcher issues, and either Triton's own `JITFunction.run` (binding
+the arguments, the specialization key, the compiled-kernel cache lookup) or, for a launch repeated at a key it ran
+at, the launcher's remembered launch (`kernels/launch_cache.py`), down to `CompiledKernel.run`, the compiled launcher
+that would call the driver. There each launch is recorded by name and returns.
 
 How: in a process without TRITON_INTERPRET (the kernels are then the compiled path's objects: CheckedAutotuner
 over JITFunction; `python -m bench.host` starts one itself if need be), CPU tensors are sent down the compiled path
@@ -24,7 +25,7 @@ instead, leaving Triton's own per-launch work out.
 Not included: the driver's launch call and the compiled launcher's C code that packs the arguments for it, the
 CUDA device guard a launch enters on a GPU (`torch.cuda.device`; skipped for CPU tensors), the real
 `torch.cuda.current_device` and current-stream queries (the stand-in driver answers 0), the SM-count query of a
-conv launch (`conv_tuning.sm_count`, None for CPU tensors), CUDA's caching allocator (the CPU's allocator serves),
+conv launch (`conv_tuning.sm_count`, asked once per device on a GPU), CUDA's caching allocator (the CPU's allocator serves),
 and any GPU time.
 
 Timed shapes ("host-bound"): each of AlexNet's per-tower layer cases keeps its op, arguments, kernel, stride,
