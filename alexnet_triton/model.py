@@ -269,11 +269,13 @@ class AlexNet(nn.Module):
         device share one concatenation (one launch, and one gradient sum in the backward, instead of two)."""
         if len(features) == 1:
             return features
+        # The parameters' own devices: under torch.fx tracing `tower.device` is a new Proxy at every access.
+        devices = [next(tower.parameters()).device for tower in self.towers]
         joined: dict[torch.device, Tensor] = {}
-        for tower in self.towers:
-            if tower.device not in joined:
-                joined[tower.device] = torch.cat([f.to(tower.device, non_blocking=True) for f in features], dim=1)
-        return [joined[tower.device] for tower in self.towers]
+        for device in devices:
+            if device not in joined:
+                joined[device] = torch.cat([f.to(device, non_blocking=True) for f in features], dim=1)
+        return [joined[device] for device in devices]
 
     def _each_tower(self, stage: tuple[Layer, ...], inputs: list[Tensor]) -> list[Tensor]:
         """Run one stage on every tower; on one GPU with tower_streams, each tower on its own stream."""

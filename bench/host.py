@@ -25,8 +25,8 @@ instead, leaving Triton's own per-launch work out.
 Not included: the driver's launch call and the compiled launcher's C code that packs the arguments for it, the
 CUDA device guard a launch enters on a GPU (`torch.cuda.device`; skipped for CPU tensors), the real
 `torch.cuda.current_device` and current-stream queries (the stand-in driver answers 0), the SM-count query of a
-conv launch (`conv_tuning.sm_count`, asked once per device on a GPU), CUDA's caching allocator (the CPU's allocator serves),
-and any GPU time.
+conv launch (`conv_tuning.sm_count`, asked once per device on a GPU), CUDA's caching allocator (the CPU's allocator
+serves), and any GPU time.
 
 Timed shapes ("host-bound"): each of AlexNet's per-tower layer cases keeps its op, arguments, kernel, stride,
 padding, rank and layout, at batch 1 with 16 channels (3 where the paper's layer has fewer than 16, so conv1 keeps

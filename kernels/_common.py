@@ -215,6 +215,15 @@ def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
+def contiguous_strides(shape) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of this shape, without making one."""
+    strides, span = [], 1
+    for size in reversed(shape):
+        strides.append(span)
+        span *= max(size, 1)
+    return tuple(reversed(strides))
+
+
 def block(size: int, low: int, high: int) -> int:
     """The power of two covering size, clamped to [low, high]."""
     return max(low, min(high, next_power_of_2(max(int(size), 1))))

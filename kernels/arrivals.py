@@ -10,8 +10,10 @@ Why a persistent buffer: zeroing fresh counters per call is itself a launch (a m
 Why one per (device, current stream): launches on one stream run one after another, so they can share counters; two
 streams may run launches at the same time, which must not. A buffer is made (torch.zeros, on the current stream,
 ordered before the kernel that reads it) on a miss, i.e. in warm-up, and grows when a launch needs more counters;
-the one it replaces is kept alive, since a CUDA graph captured with it keeps its address. Not covered: one graph
-replayed on two streams at once (its counters are the capture stream's), which no caller here does.
+the one it replaces is kept alive, since a CUDA graph captured with it keeps its address. A graph's launches use the
+counters of the stream it was captured on, wherever it replays: work on that stream must never run at the same time
+as a replay. Here it cannot: step_graph's side stream and the model's tower streams are fenced with the current
+stream both ways, and replays run on the current stream.
 
 While something traces the call (torch.compile, make_fx: _common.traced), a global buffer mutated inside a traced op
 would not be functional: each call gets fresh zeroed counters instead.
@@ -40,6 +42,10 @@ def counters(like: torch.Tensor, count: int) -> torch.Tensor:
     key = (device, torch._C._cuda_getCurrentRawStream(device.index)) if device.type == "cuda" else (device, None)
     buffer = _buffers.get(key)
     if buffer is None or buffer.numel() < count:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            # Made during a CUDA graph's capture, zeros are only a recorded memset in the graph's memory: kept
+            # here, a failed capture would leave a buffer never zeroed. The graph owns these (its replays zero them).
+            return torch.zeros(count, dtype=torch.int32, device=device)
         with _lock:
             buffer = _buffers.get(key)
             if buffer is None or buffer.numel() < count:
@@ -51,13 +57,17 @@ def counters(like: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def settled(buffer: torch.Tensor, outputs):
-    """outputs (the results function of a tuning check, expected.py), zeroing buffer after reading them: a candidate
-    config the check refuses may have left counters counted (a miscompiled one), which would keep every later launch's
-    last program from ever arriving."""
+    """outputs (the results function of a tuning check, expected.py), after checking that the candidate left every
+    counter at 0 and zeroing them: a candidate that computes the right sums but leaves counters counted (a miscompiled
+    reset) would keep every later launch's last program from ever arriving, and is refused (RuntimeError, which the
+    check reports as this config's failure); a refused one may have left counts, which are cleared for the next."""
 
     def read():
         got = outputs()
+        left = int(torch.count_nonzero(buffer))
         buffer.zero_()
+        if left:
+            raise RuntimeError(f"the kernel left {left} arrival counters counted (each must be reset to 0)")
         return got
 
     return read

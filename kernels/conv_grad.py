@@ -56,7 +56,7 @@ def _relu_grad_kernel(
         out_rows = n * stride_out_n + oh * stride_out_h + ow * stride_out_w
         dy = tl.load(grad_ptr + grad_rows[:, None] + (c * stride_grad_c)[None, :], mask=mask, other=0.0)
         y = tl.load(out_ptr + out_rows[:, None] + (c * stride_out_c)[None, :], mask=mask, other=0.0)
-        g = tl.where(y > 0, dy, tl.zeros_like(dy))  # ReLU backward
+        g = tl.where(y <= 0, tl.zeros_like(dy), dy)  # ReLU backward: a NaN output passes dy, as in PyTorch
         tl.store(masked_ptr + p.to(tl.int64)[:, None] * C + c[None, :], g, mask=mask)
         if HAS_BIAS:
             db += tl.sum(g.to(ACC_DTYPE), axis=0)
@@ -439,8 +439,13 @@ def conv_relu_weight_grad(
     # Partial sums and a counter per output tile (however small the tiles the launch picks), read only when the
     # reduction is split, but passed in their dtypes and layout either way, so that a launch of one split (a small
     # batch) compiles nothing more than a split one.
-    partial_dw = _common.empty((splits, C_out, *taps_shape, channels), like=x, dtype=acc_dtype)
-    counters = arrivals.counters(x, tuning.most_tiles(C_out_g, columns) * (1 if packed else taps) * groups)
+    # Unsplit, they are one-element stand-ins with the strides a split launch would have (Triton specializes on the
+    # strides, not the storage): fc6's partial buffer alone would be 75 MB a tower per step, never read.
+    partial_shape = (splits, C_out, *taps_shape, channels)
+    partial_dw = _common.empty(partial_shape if splits > 1 else (1,), like=x, dtype=acc_dtype)
+    partial_strides = _common.contiguous_strides(partial_shape)
+    tiles_needed = tuning.most_tiles(C_out_g, columns) * (1 if packed else taps) * groups
+    counters = arrivals.counters(masked, tiles_needed if splits > 1 else 1)
     capacity = counters.numel() if splits > 1 else 0
 
     def grid(meta):
@@ -464,7 +469,7 @@ def conv_relu_weight_grad(
         C_out, 1,  # dense NHWC: pixel p at p * C_out (not stride(3), which is arbitrary where OW is 1)
         *x.stride(),
         *dw_strides,
-        *partial_dw.stride(),
+        *partial_strides,
         PACKED=packed,
         TF32=tf32,
     )

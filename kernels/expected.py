@@ -220,13 +220,13 @@ def relu_grad(grad_out, out, with_bias: bool, *, results) -> Within:
     """ReLU's mask (exact) and, with_bias, the bias gradient (a sum over pixels)."""
 
     def masked(rows, got):
-        return got, torch.where(out[rows] > 0, _f64(grad_out[rows]), 0.0), torch.zeros((), device=out.device)
+        return got, torch.where(out[rows] <= 0, 0.0, _f64(grad_out[rows])), torch.zeros((), device=out.device)
 
     checks = [PerImage("masked gradient", masked, out.shape[0], 2 * _per_image(out))]
     if with_bias:
         db = magnitude = 0.0
         for rows in batch_slices(out.shape[0], _per_image(out)):
-            kept = torch.where(out[rows] > 0, _f64(grad_out[rows]), 0.0)
+            kept = torch.where(out[rows] <= 0, 0.0, _f64(grad_out[rows]))  # a NaN output passes, as in PyTorch
             db, magnitude = db + kept.sum((0, 2, 3)), magnitude + kept.abs().sum((0, 2, 3))
         terms = out.shape[0] * out.shape[2] * out.shape[3]
         allowance = _allowance(db, magnitude, grad_out.dtype, terms, grad_out.dtype, False)

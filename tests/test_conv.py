@@ -610,3 +610,18 @@ def test_torch_compile_sees_one_op(memory_format, tf32, allow_tf32):
     assert_close(out, ref, tol, "compiled output")
     assert_close(x.grad, x64.grad, tol, "compiled input gradient")
     assert_close(conv.weight.grad, w64.grad, tol, "compiled weight gradient")
+
+
+def test_relu_gradient_passes_where_the_output_is_nan_as_pytorch_does(device):
+    # PyTorch's ReLU backward (threshold_backward on the result) zeroes the gradient where the output is <= 0 and
+    # passes it everywhere else, NaN outputs included; the mask here must agree, or a NaN forward would hide itself
+    # from the gradients.
+    out = torch.relu(randn(2, 6, 3, 4, device=device))
+    out[0, 1, 2, 3], out[1, 5, 0, 0], out[1, 2, 1, 1] = float("nan"), 0.0, 2.0
+    grad = randn(2, 6, 3, 4, device=device)
+    masked, db = conv_grad_kernels.relu_grad(grad, out, True)
+    pre = out.detach().clone().requires_grad_()
+    (expected,) = torch.autograd.grad(torch.relu(pre), pre, grad)  # relu's backward on its own output
+    assert torch.equal(masked.contiguous(), expected.contiguous()), "the masked gradient, NaN position included"
+    assert masked[0, 1, 2, 3] == grad[0, 1, 2, 3] and masked[1, 5, 0, 0] == 0
+    torch.testing.assert_close(db.double(), expected.double().sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
