@@ -156,8 +156,8 @@ MUTANTS = [
     Mutant(
         "relu-grad-mask-at-zero",
         "kernels/conv_grad.py",
-        "g = tl.where(y > 0, dy, tl.zeros_like(dy))",
-        "g = tl.where(y >= 0, dy, tl.zeros_like(dy))",
+        "g = tl.where(y <= 0, tl.zeros_like(dy), dy)",
+        "g = tl.where(y < 0, tl.zeros_like(dy), dy)",
         CONV,
         "gradients flow through outputs ReLU clipped to 0",
     ),
