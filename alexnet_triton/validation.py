@@ -4,12 +4,12 @@ from collections.abc import Sequence
 
 import torch
 
-from alexnet_triton.kernels._common import SUPPORTED_DTYPES
+from alexnet_triton.kernels._common import PLAIN_TENSORS, SUPPORTED_DTYPES
 
 
 def check_tensor(name: str, value, *, ndims: Sequence[int] | None = None, min_ndim: int = 0) -> None:
     """A floating tensor with one of the ranks in ndims (any rank when None) and at least min_ndim."""
-    if type(value) not in _PLAIN_TENSORS and not isinstance(value, torch.Tensor):  # isinstance: ~1 us on a Tensor
+    if type(value) not in PLAIN_TENSORS and not isinstance(value, torch.Tensor):  # isinstance: ~1 us on a Tensor
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dim() < min_ndim:
         raise ValueError(f"{name} must be at least {min_ndim}-D, got shape {tuple(value.shape)}")
@@ -19,9 +19,6 @@ def check_tensor(name: str, value, *, ndims: Sequence[int] | None = None, min_nd
     if value.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
         raise TypeError(f"{name} must have a floating dtype ({names}), got {value.dtype}")
-
-
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def check_same(name: str, value: torch.Tensor, like_name: str, like: torch.Tensor) -> None:

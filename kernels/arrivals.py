@@ -42,7 +42,7 @@ def counters(like: torch.Tensor, count: int) -> torch.Tensor:
     key = (device, torch._C._cuda_getCurrentRawStream(device.index)) if device.type == "cuda" else (device, None)
     buffer = _buffers.get(key)
     if buffer is None or buffer.numel() < count:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if _common.capturing(device):
             # Made during a CUDA graph's capture, zeros are only a recorded memset in the graph's memory: kept
             # here, a failed capture would leave a buffer never zeroed. The graph owns these (its replays zero them).
             return torch.zeros(count, dtype=torch.int32, device=device)

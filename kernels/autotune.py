@@ -103,7 +103,7 @@ def unspecialized_names(kernel) -> list[str]:
 def capturing(named: dict) -> bool:
     """Whether the launch's device is capturing a CUDA graph (where tuning's fills, checks and timing cannot run)."""
     device = next((value.device for value in named.values() if isinstance(value, torch.Tensor)), None)
-    return device is not None and device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return device is not None and _common.capturing(device)
 
 
 # What a failing GPU raises (an illegal address, a device-side assert): the process's CUDA context is lost, so it is

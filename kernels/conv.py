@@ -301,8 +301,7 @@ def convolve(
     if splits > 1:  # partial sums and a counter per output tile, however small the tiles the launch picks
         acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         partial = _common.empty((splits, M, C_out), like=x, dtype=acc_dtype)
-        tiles = tuning.most_tiles(M, C_out_g) * groups
-        counters = arrivals.counters(x, tiles)
+        counters = arrivals.counters(x, tuning.most_tiles(M, C_out_g) * groups)
         capacity = counters.numel()
 
     def grid(meta):

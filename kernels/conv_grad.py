@@ -488,7 +488,9 @@ def flipped_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     swapped (the stride-1 input gradient's weight), in one launch: torch.take of the weight at a cached index (flip
     and the transposing copy would be two)."""
     C_out, C_in_g, KH, KW = weight.shape
-    if _common.traced((weight,)):  # the index is the trace's own (a cached one is a real tensor, not the trace's)
+    if _common.traced((weight,)) or _common.capturing(weight.device):
+        # The trace's or the graph's own index: a cached one is a real tensor, not the trace's, and one made during a
+        # capture holds its values only once the graph replays (warm-up makes the cache's before any capture).
         index = _flip_index(C_out, C_in_g, KH, KW, groups, weight.device)
     else:
         key = (weight.device, C_out, C_in_g, KH, KW, groups)

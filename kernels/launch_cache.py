@@ -21,6 +21,8 @@ import torch
 from triton import knobs
 from triton.runtime.driver import driver
 
+from . import _common  # a module object: _common imports this file at its top
+
 # Entries are a few hundred bytes; a process sees a few dozen shapes. The bound only stops a run whose shapes never
 # repeat from growing without end.
 LIMIT = 4096
@@ -65,8 +67,9 @@ def key(kernel, device: torch.device, grid, args: tuple, kwargs: dict) -> tuple 
         return None
     # type() rather than isinstance, which costs a microsecond per argument on torch.Tensor. True, 1 and 1.0 are
     # equal keys in Python and compile differently in Triton, so numbers other than ints carry their type.
+    plain = _common.PLAIN_TENSORS
     signature = tuple(
-        [(arg.dtype, arg.data_ptr() & 15) if (kind := type(arg)) in _TENSORS else arg if kind is int else (kind, arg)
+        [(arg.dtype, arg.data_ptr() & 15) if (kind := type(arg)) in plain else arg if kind is int else (kind, arg)
          for arg in args]
     )  # fmt: skip
     constexprs = tuple([(name, type(value), value) for name, value in kwargs.items()])
@@ -81,7 +84,6 @@ def _keyable(launch_key: tuple) -> bool:
         kind in _SCALARS for _, kind, _ in constexprs)  # fmt: skip
 
 
-_TENSORS = (torch.Tensor, torch.nn.Parameter)
 _SCALARS = (int, bool, float, type(None))
 
 
