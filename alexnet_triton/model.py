@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from alexnet_triton import functional as at_functional
 from alexnet_triton import nn as fused
 from alexnet_triton.kernels._common import output_size
 
@@ -172,10 +173,12 @@ class Tower(nn.Module):
     def device(self) -> torch.device:
         return self.conv1.weight.device
 
-    def run(self, stage: Sequence[Layer], x: Tensor) -> Tensor:
-        """One stage (a run of layers between two exchanges), each layer with what follows it."""
-        for layer in stage:
-            x = getattr(self, layer.name)(x if layer.relu else x.flatten(1))
+    def run(self, stage: Sequence[Layer], x: Tensor, *, first_done: bool = False) -> Tensor:
+        """One stage (a run of layers between two exchanges), each layer with what follows it. first_done: x is the
+        stage's first layer's output already (conv1, run for both towers at once: AlexNet.conv1_together)."""
+        for i, layer in enumerate(stage):
+            if not (first_done and i == 0):
+                x = getattr(self, layer.name)(x if layer.relu else x.flatten(1))
             for follower, present in (("norm", layer.lrn), ("pool", layer.pool), ("drop", layer.dropout)):
                 if present:
                     x = getattr(self, f"{follower}{layer.number}")(x)
@@ -277,17 +280,37 @@ class AlexNet(nn.Module):
                 joined[device] = torch.cat([f.to(device, non_blocking=True) for f in features], dim=1)
         return [joined[device] for device in devices]
 
-    def _each_tower(self, stage: tuple[Layer, ...], inputs: list[Tensor]) -> list[Tensor]:
-        """Run one stage on every tower; on one GPU with tower_streams, each tower on its own stream."""
+    def conv1_together(self, images: Tensor) -> list[Tensor] | None:
+        """Both towers' conv1 as one convolution of their 96 kernels, each tower's 48 channels of it as a view; None
+        unless two towers share a device. Both read the same image: one launch cuts it into blocks once
+        (kernels/space_to_depth.py, forward and weight gradient), and 96 output channels fill the conv kernels' 128-wide
+        tiles, which 48 leave with the 64-wide ones (issue bound 0.59 forward, 0.41 weight gradient in bf16, against
+        1.00 and 0.67 together: bench/results/census-sm90.md). The price: the backward joins the towers' conv1
+        gradients into one tensor (a copy of 2 x 37 MB at batch 128 in bf16), about what the second blocking saves."""
+        if len(self.towers) != 2:
+            return None
+        # The parameters' own devices: under torch.fx tracing `tower.device` is a new Proxy at every access.
+        if len({next(tower.parameters()).device for tower in self.towers}) != 1:
+            return None
+        convs = [tower.conv1 for tower in self.towers]
+        weight, bias = torch.cat([conv.weight for conv in convs]), torch.cat([conv.bias for conv in convs])
+        first = convs[0]
+        out = at_functional.conv2d_relu(images, weight, bias, first.stride, first.padding, first.groups)
+        parts = out.split([conv.out_channels for conv in convs], dim=1)  # one gradient join in the backward
+        return [parts[0], parts[1]]  # indexed, not iterated: a torch.fx trace's Proxy cannot be
+
+    def _each_tower(self, stage: tuple[Layer, ...], inputs: list[Tensor], *, first_done: bool = False) -> list[Tensor]:
+        """Run one stage on every tower; on one GPU with tower_streams, each tower on its own stream. first_done: the
+        inputs are the stage's first layer's outputs (Tower.run)."""
         if not self._use_streams(inputs):
-            return [tower.run(stage, x) for tower, x in zip(self.towers, inputs, strict=True)]
+            return [tower.run(stage, x, first_done=first_done) for tower, x in zip(self.towers, inputs, strict=True)]
         main = torch.cuda.current_stream(inputs[0].device)
         outputs = []
         for stream, tower, x in zip(self._streams(inputs[0].device), self.towers, inputs, strict=True):
             stream.wait_stream(main)  # x was made on the main stream
             x.record_stream(stream)  # keep x's memory until the side stream is done with it
             with torch.cuda.stream(stream):
-                outputs.append(tower.run(stage, x))
+                outputs.append(tower.run(stage, x, first_done=first_done))
         for stream, y in zip(self._streams(inputs[0].device), outputs, strict=True):
             main.wait_stream(stream)
             y.record_stream(main)  # y is read on the main stream from here on
@@ -308,14 +331,20 @@ class AlexNet(nn.Module):
             cache[device] = [torch.cuda.Stream(device) for _ in self.towers]
         return cache[device]
 
+    def _first_stage(self, images: Tensor) -> list[Tensor]:
+        """conv1 and conv2 with what follows them, per tower: the stage before the first exchange."""
+        _check_images(images, self.image_size)
+        together = self.conv1_together(images.to(next(self.towers[0].parameters()).device, non_blocking=True))
+        if together is not None:
+            return self._each_tower(STAGES[0], together, first_done=True)
+        x = [images.to(tower.device, non_blocking=True) for tower in self.towers]
+        return self._each_tower(STAGES[0], x)
+
     def forward(self, images: Tensor) -> Tensor:
         """images: (N, 3, image_size, image_size) -> logits (N, num_classes) on the first tower's device."""
-        _check_images(images, self.image_size)
-        x = [images.to(tower.device, non_blocking=True) for tower in self.towers]
-        for stage in STAGES:  # conv1-2 | exchange, conv3-5 | exchange, fc6 | exchange, fc7 | exchange, fc8
-            if stage[0].reads == "both towers":
-                x = self.exchange(x)
-            x = self._each_tower(stage, x)
+        x = self._first_stage(images)
+        for stage in STAGES[1:]:  # exchange, conv3-5 | exchange, fc6 | exchange, fc7 | exchange, fc8
+            x = self._each_tower(stage, self.exchange(x))
         return torch.cat([logits.to(self.devices[0], non_blocking=True) for logits in x], dim=1)
 
     def features(self, images: Tensor) -> Tensor:
@@ -325,13 +354,10 @@ class AlexNet(nn.Module):
 
         Call .eval() first for the features of the trained network: in training mode dropout still acts
         on fc6's output, which fc7 reads."""
-        _check_images(images, self.image_size)
-        x = [images.to(tower.device, non_blocking=True) for tower in self.towers]
-        *hidden, last_hidden, _output = STAGES  # ..., (fc7,), (fc8,)
+        x = self._first_stage(images)
+        _first, *hidden, last_hidden, _output = STAGES  # (conv1, conv2), ..., (fc7,), (fc8,)
         for stage in hidden:
-            if stage[0].reads == "both towers":
-                x = self.exchange(x)
-            x = self._each_tower(stage, x)
+            x = self._each_tower(stage, self.exchange(x))
         (fc7,) = last_hidden  # run without what follows it (drop7)
         x = [getattr(tower, fc7.name)(t) for tower, t in zip(self.towers, self.exchange(x), strict=True)]
         return torch.cat([f.flatten(1).to(self.devices[0], non_blocking=True) for f in x], dim=1)

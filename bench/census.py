@@ -5,11 +5,13 @@ offline, and its SASS read.
     python -m bench.census --kernel conv --out census.md    # the kernels whose name contains "conv"
     python -m bench.census --first-step                     # the compiles the conv layers' first training step needs
     python -m bench.census --first-epoch                    # the compiles and tunings of each part of a run (seconds)
+    python -m bench.census --memory                         # the memory-bound kernels' model alone (a minute)
 
 Per compiled variant: registers per thread, spill bytes (stores/loads), shared memory, compile seconds, and the hot
 loop, the innermost loop that holds the most tensor-core instructions (without any, the longest innermost loop):
 its length in instructions, its tensor-core instructions (HGMMA on Hopper, HMMA), async copies into shared memory
-(LDGSTS, and TMA's UTMALDG), 128-bit global loads, and the modeled issue bound.
+(LDGSTS, and TMA's UTMALDG), 128-bit global loads, and the modeled issue bound. A last section models the memory-bound
+kernels at AlexNet's shapes, bytes moved against instructions issued (bench/memory_model.py).
 
 The modeled issue bound compares two cycle counts of one trip round the hot loop on one SM: the cycles the tensor
 cores need for the loop's FLOPs (4096 bf16/fp16 FLOP or 2048 TF32 FLOP per clock per SM on an H100) against the
@@ -262,11 +264,11 @@ def launches_recorded(record: LaunchRecord, *, sms: int = 132):
 
 
 def first_step_compiles(*, batch: int = 128, dtype: str = "bf16", sms: int = 132) -> dict[str, int]:
-    """Kernel -> how many distinct compiles the conv layers of AlexNet's first training step launch (per tower,
-    channels_last, the input image needing no gradient): the conv launchers run on meta tensors of the towers' shapes
-    with the launches recorded instead of run (LaunchRecord: per Triton specialization and per config the autotuner
-    keeps after pruning). sms: the GPU's SM count, which decides the reduction splits. first_epoch runs the whole
-    network, every kernel. Needs the compiled kernels (no TRITON_INTERPRET)."""
+    """Kernel -> how many distinct compiles the conv layers of AlexNet's first training step launch (per tower, conv1
+    for both towers at once, channels_last, the input image needing no gradient): the conv launchers run on meta
+    tensors of the towers' shapes with the launches recorded instead of run (LaunchRecord: per Triton specialization
+    and per config the autotuner keeps after pruning). sms: the GPU's SM count, which decides the reduction splits.
+    first_epoch runs the whole network, every kernel. Needs the compiled kernels (no TRITON_INTERPRET)."""
     import torch
     from alexnet_triton.kernels import conv, conv_grad
 
@@ -280,6 +282,8 @@ def first_step_compiles(*, batch: int = 128, dtype: str = "bf16", sms: int = 132
             if not shape.layer.relu:  # fc8: a plain linear layer
                 continue
             c_in, c_out, k, size = shape.in_channels, shape.out_channels, shape.kernel, shape.input_size
+            if shape.layer.reads == "image":  # both towers' conv1 as one convolution (AlexNet.conv1_together)
+                c_out *= 2
             x = torch.empty(batch, c_in, size, size, dtype=torch_dtype, device="meta").to(memory_format=last)
             w = torch.empty(c_out, c_in, k, k, dtype=torch_dtype, device="meta").to(memory_format=last)
             stride, padding = (shape.layer.stride,) * 2, (shape.layer.padding,) * 2
@@ -643,6 +647,120 @@ def goals(rows: list[Row]) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------------------------------
+# conv1 as a training step launches it
+# ---------------------------------------------------------------------------------------------
+
+
+class NamedLaunches(LaunchRecord):
+    """A LaunchRecord that also keeps each launch: (kernel name, its arguments by name)."""
+
+    def __init__(self):
+        super().__init__()
+        self.launched: list[tuple[str, dict]] = []
+
+    def launch(self, kernel, args: tuple, kwargs: dict) -> None:
+        super().launch(kernel, args, kwargs)
+        named = {**dict(zip(kernel.arg_names, args, strict=False)), **kwargs}
+        # The configs its autotuner keeps for the launch, labelled as the census labels its rows.
+        named["candidates"] = [
+            " ".join(f"{key}={value}" for key, value in config.kwargs.items())
+            + f" warps={config.num_warps} stages={config.num_stages}"
+            for config in _candidates(kernel, args, kwargs)
+        ]
+        self.launched.append((kernel.base_fn.__name__, named))
+
+
+def conv1_launches(dtype: str, *, batch: int = 128, sms: int = 132) -> dict[str, dict]:
+    """conv1's launches in a training step (both towers on one device: one convolution of their 96 kernels, AlexNet.
+    conv1_together; channels_last, meta tensors; the image needs no gradient): kernel name -> its arguments by name
+    and the configs its autotuner keeps ("candidates"). fp32 follows PyTorch's TF32 flags, as a run does."""
+    import torch
+    from alexnet_triton.kernels import conv, conv_grad
+
+    from alexnet_triton.model import layer_shapes
+
+    shape = layer_shapes()[0]
+    layer, last = shape.layer, torch.channels_last
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    meta = {"dtype": torch_dtype, "device": "meta"}
+    record = NamedLaunches()
+    with launches_recorded(record, sms=sms):
+        x = torch.empty(batch, shape.in_channels, shape.input_size, shape.input_size, **meta).to(memory_format=last)
+        channels = 2 * shape.out_channels
+        w = torch.empty(channels, shape.in_channels, shape.kernel, shape.kernel, **meta).to(memory_format=last)
+        stride, padding = (layer.stride,) * 2, (layer.padding,) * 2
+        out = conv.conv_relu_forward(x, w, torch.empty(channels, **meta), stride, padding, 1)
+        masked, _ = conv_grad.relu_grad(torch.empty_like(out), out, True)
+        conv_grad.conv_relu_weight_grad(masked, x, list(w.shape), last, stride, padding, 1)
+    return dict(record.launched)
+
+
+# conv1's roles: the kernel, the constexprs that name its variant in the census.
+CONV1_ROLES = [
+    ("conv1 forward", "conv._conv_fwd_kernel", ("HAS_BIAS", "RELU", "PACKED", "SPLITS", "TF32")),
+    ("conv1 weight gradient", "conv_grad._conv_wgrad_kernel", ("PACKED", "TF32")),
+]
+
+
+def _variant_flags(named: dict, flags: tuple[str, ...]) -> set[str]:
+    """The census's variant label words for a launch: SPLITS as 1 (a constant) or >1 (a runtime value)."""
+    words = set()
+    for flag in flags:
+        if flag == "SPLITS":
+            words.add("SPLITS=1" if named[flag] == 1 else "SPLITS>1")
+        else:
+            words.add(f"{flag}={named[flag]}")
+    return words
+
+
+def _compiled_as_launched(spec, named: dict, variant_meta: dict) -> list[str]:
+    """Where the census's compile of this variant would differ from the launch: an argument it hints as a multiple of
+    16 that the launch's is not, or a stride it fixes at 1 that the launch's is not."""
+    hinted = spec.divisible(variant_meta) if callable(spec.divisible) else spec.divisible
+    problems = [f"{name}={named[name]} not a multiple of 16" for name in hinted if named[name] % 16]
+    fixed = {name: value for meta in spec.meta("bf16") for name, value in meta.items() if name.startswith("stride_")}
+    problems += [f"{name}={named[name]}, compiled as {value}" for name, value in fixed.items() if named[name] != value]
+    return problems
+
+
+def conv1_goals(rows: list[Row]) -> list[str]:
+    """conv1's forward and weight gradient: the census variant its training-step launches compile to (recorded on meta
+    tensors), and that variant's best bound against the goal per precision."""
+    from bench.kernel_specs import SPEC_BY_NAME
+
+    lines = []
+    for dtype in ("bf16", "fp16", "fp32"):
+        launched = conv1_launches(dtype)
+        for role, kernel, flags in CONV1_ROLES:
+            named = launched[kernel.split(".")[1]]
+            precision = "tf32" if dtype == "fp32" and named["TF32"] else dtype
+            wanted = GOAL_BOUND.get(precision)
+            if wanted is None or not any(row.kernel == kernel for row in rows):
+                continue
+            words = _variant_flags(named, flags)
+            shape = f"{named['C_out_g']} x {named['C_in_g']} channels"
+            mismatch = _compiled_as_launched(SPEC_BY_NAME[kernel], named, {"PACKED": named["PACKED"]})
+            candidates = [
+                row
+                for row in rows
+                if row.kernel == kernel and row.precision == precision and words <= set(row.variant.split())
+                and row.config in named["candidates"] and not row.error and not row.spills and row.bound is not None
+            ]  # fmt: skip
+            best = max(candidates, key=lambda row: row.bound, default=None)
+            if best is None or mismatch:
+                why = "; ".join(mismatch) or "no compiled variant without spills"
+                lines.append(f"- {role}, {precision}: NOT MET ({' '.join(sorted(words))}: {why})")
+                continue
+            verdict = "met" if best.bound >= wanted else "NOT MET"
+            lines.append(
+                f"- {role}, {precision}: {verdict}: bound {best.bound:.2f} (goal {wanted}) as launched at batch 128 "
+                f"({' '.join(sorted(words))}, {shape}) with {best.config}, {best.loop.length}-instruction hot loop, "
+                f"{best.loop.async_copies} async copies, no spills"
+            )
+    return lines
+
+
 def software() -> str:
     """The versions that decide the compiled code: Triton, its ptxas, and the Python and PyTorch it ran under."""
     import torch
@@ -654,7 +772,11 @@ def software() -> str:
     return f"Triton {triton.__version__} ({ptxas}), PyTorch {torch.__version__}, Python {platform.python_version()}"
 
 
-def report(rows: list[Row], *, title: str) -> str:
+def report(rows: list[Row], *, title: str, memory: list | None = None, conv1: list[str] = ()) -> str:
+    """The census as markdown; memory: the memory-bound kernels' model (bench.memory_model), a section of its own;
+    conv1: conv1_goals' lines."""
+    from bench import memory_model
+
     total = sum(row.seconds for row in rows)
     spilling = [row for row in rows if row.spills]
     head = [
@@ -671,6 +793,8 @@ def report(rows: list[Row], *, title: str) -> str:
         "## The issue's goals",
         "",
         *goals(rows),
+        *conv1,
+        *([memory_model.goal(memory)] if memory else []),
         "",
         "## Best config per kernel, variant and precision",
         "",
@@ -680,8 +804,23 @@ def report(rows: list[Row], *, title: str) -> str:
         "",
         *table(rows),
         "",
+        *(memory_model.report_lines(memory) if memory else []),
     ]
     return "\n".join(head)
+
+
+def memory_report(memory: list, *, title: str) -> str:
+    """The memory-bound kernels' model alone (--memory), as markdown."""
+    from bench import memory_model
+
+    head = [
+        f"# {title}",
+        "",
+        f"Static: compiled offline for sm_90 (an H100) with {software()} on {datetime.date.today().isoformat()}, SASS "
+        "read with cuobjdump; nothing ran on a GPU. See `bench/memory_model.py`.",
+        "",
+    ]
+    return "\n".join(head + memory_model.report_lines(memory))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -701,6 +840,12 @@ def main(argv: list[str] | None = None) -> None:
         help="only count the compiles and tuning keys each part of a run adds (ImageNet and the built-in dataset)",
     )
     parser.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16", help="with --first-epoch")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the memory-bound kernels' model at AlexNet's shapes (bench/memory_model.py; with --kernel: those "
+        "whose name contains it); the full census includes it",
+    )
     args = parser.parse_args(argv)
     if args.first_step:
         counts = first_step_compiles()
@@ -711,18 +856,25 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(first_epoch_report(run, first_epoch(run, amp=args.amp), amp=args.amp)), end="\n\n")
         return
 
+    from bench import memory_model
     from bench.kernel_specs import SPECS
     from bench.offline_compile import missing_nvidia_backend
 
     reason = missing_nvidia_backend()
     if reason is not None:
         sys.exit(f"cannot compile for sm_90 here: {reason}")
-    specs = [spec for spec in SPECS if args.kernel in spec.name]
+    specs = [spec for spec in SPECS if args.kernel in spec.name and (spec.moves is not None or not args.memory)]
     if not specs:
-        sys.exit(f"no kernel's name contains {args.kernel!r}")
+        sys.exit(f"no {'memory-bound ' if args.memory else ''}kernel's name contains {args.kernel!r}")
     with tempfile.TemporaryDirectory() as folder:
-        rows = take_census(specs, Path(folder), all_configs=not args.default_configs)
-    text = report(rows, title=args.title)
+        rows = [] if args.memory else take_census(specs, Path(folder) / "census", all_configs=not args.default_configs)
+        # The memory model compiles every config its autotuner would try (they are cheap), --default-configs or not.
+        memory = memory_model.memory_census(Path(folder) / "memory", kernel=args.kernel)
+    memory_model.loudly(memory)
+    if args.memory:
+        text = memory_report(memory, title=args.title)
+    else:
+        text = report(rows, title=args.title, memory=memory, conv1=conv1_goals(rows))
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}")

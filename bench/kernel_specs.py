@@ -22,7 +22,18 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from alexnet_triton.kernels import _common, augment, conv, conv_grad, conv_tuning, dropout, lrn, lrn_pool, pool
+from alexnet_triton.kernels import (
+    _common,
+    augment,
+    conv,
+    conv_grad,
+    conv_tuning,
+    dropout,
+    lrn,
+    lrn_pool,
+    pool,
+    space_to_depth,
+)
 from triton.runtime.interpreter import InterpretedFunction
 
 from alexnet_triton.model import OVERLAPPING_POOL, PAPER_LRN
@@ -55,6 +66,14 @@ class KernelSpec:
     # Integer arguments that are multiples of 16 on AlexNet's shapes (pointers always are): compiled with that hint.
     # Or a function of the variant's meta, where the variant decides (conv1's 3 channels make few such).
     divisible: tuple[str, ...] | Callable[[dict], tuple[str, ...]] = ()
+    # A memory-bound kernel's model (bench/memory_model.py), from a launch's arguments by name: the tensors it must
+    # move, (elements, bytes an element) per read and per write; and, with a config, the trips of its SASS loops,
+    # outermost first, then in program order (mean trips per program where programs differ; the census refuses a
+    # kernel whose SASS has another number of loops).
+    # A tuple of such lists gives the loops as written and as the compiler may make them (a loop of constant trips
+    # unrolled whole): the census takes the one with the SASS's number of loops.
+    moves: Callable[[dict], list[tuple[int, int]]] | None = None
+    trips: Callable[[dict, triton.Config], list[float] | tuple[list[float], ...]] | None = None
 
     @property
     def function(self):
@@ -148,9 +167,21 @@ def conv_wgrad_divisible(meta: dict) -> tuple[str, ...]:
     return ("C_out_g", "stride_grad_pixel") if meta["PACKED"] else CONV_WGRAD_DIVISIBLE
 
 
-def lrn_meta(dtype: str) -> list[dict]:
-    """AlexNet's window."""
-    return [{"SIZE": PAPER_LRN["size"], "SIZE_P2": triton.next_power_of_2(PAPER_LRN["size"])}]
+def lrn_meta(tensors: tuple[str, ...]) -> Callable[[str], list[dict]]:
+    """AlexNet's window in channels_last (every tensor's unit channel stride the constant Triton makes of it) and in
+    NCHW, with the launcher's channels a trip (16 bytes of the dtype's, at least the window's halves) and log2
+    (approximate but in fp64)."""
+
+    def meta(dtype: str) -> list[dict]:
+        size = PAPER_LRN["size"]
+        width = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8}[dtype]
+        walk = {"SIZE": size, "CH": max(16 // width, triton.next_power_of_2(size // 2)), "FAST_LOG2": dtype != "fp64"}
+        return [
+            {**walk, "CHANNELS_LAST": True, **{f"stride_{tensor}_c": 1 for tensor in tensors}},
+            {**walk, "CHANNELS_LAST": False, **{f"stride_{tensor}_w": 1 for tensor in tensors}},
+        ]
+
+    return meta
 
 
 def pool_meta(dtype: str) -> list[dict]:
@@ -163,20 +194,163 @@ def pool_meta(dtype: str) -> list[dict]:
     ]
 
 
+def pool_layout_meta(tensors: tuple[str, ...]) -> Callable[[str], list[dict]]:
+    """pool_meta's variants with the unit strides a launch has as the constants Triton makes of them: every tensor's
+    channels in channels_last, its columns in NCHW."""
+
+    def meta(dtype: str) -> list[dict]:
+        return [
+            {**window, **{f"stride_{t}_{'c' if window['CHANNELS_LAST'] else 'w'}": 1 for t in tensors}}
+            for window in pool_meta(dtype)
+        ]
+
+    return meta
+
+
 def lrn_pool_fwd_meta(dtype: str) -> list[dict]:
-    """AlexNet's LRN window and overlapping pool, pool_meta's variants (both layouts, with and without padding)."""
-    return [{"SIZE": PAPER_LRN["size"], **window} for window in pool_meta(dtype)]
+    """AlexNet's LRN window and overlapping pool, pool_meta's variants (NCHW unpadded, channels_last padded), with the
+    launcher's channels per thread (lrn_pool._channels_per_thread) and log2 (approximate, exact in fp64); the unit
+    strides as the constants Triton makes of them."""
+    vec = lrn_pool._VEC[{name: torch_type for torch_type, name in TRITON_TYPES.items()}[dtype]]
+    variants = []
+    for window in pool_meta(dtype):
+        last = window.pop("CHANNELS_LAST")
+        layout = {"stride_x_c": 1, "stride_out_c": 1} if last else {"stride_x_w": 1, "stride_out_w": 1}
+        meta = {"SIZE": PAPER_LRN["size"], **window, "VEC": vec if last else 1, "FAST_LOG2": dtype != "fp64"}
+        variants.append({**meta, **layout})
+    return variants
 
 
 def lrn_pool_bwd_meta(dtype: str) -> list[dict]:
-    """The same windows as the backward takes them: the LRN ring's width and the pooling windows per pixel (the
-    layout reaches it as strides only)."""
+    """The forward's variants, as the backward takes them (its strides: x's, the pooled gradient's, the positions',
+    dx's)."""
     variants = []
-    for window in pool_meta(dtype):
-        window = {name: value for name, value in window.items() if name != "CHANNELS_LAST"}
-        per_pixel = lrn_pool._windows_per_pixel((window["KH"], window["KW"]), (window["SH"], window["SW"]))
-        variants.append({**lrn_meta(dtype)[0], **window, "WINDOWS_P2": triton.next_power_of_2(per_pixel)})
+    for meta in lrn_pool_fwd_meta(dtype):
+        layout = "c" if meta.pop("stride_x_c", None) == 1 else "w"
+        meta = {name: value for name, value in meta.items() if not name.startswith("stride_")}
+        variants.append({**meta, **{f"stride_{t}_{layout}": 1 for t in ("x", "grad", "pos", "dx")}})
     return variants
+
+
+def lrn_pool_divisible(tensors: tuple[str, ...]) -> Callable[[dict], tuple[str, ...]]:
+    """AlexNet's 48 and 128 channels; in channels_last (unit channel strides) every other stride of the tensors is a
+    multiple of them."""
+
+    def divisible(meta: dict) -> tuple[str, ...]:
+        if meta.get(f"stride_{tensors[0]}_c") != 1:
+            return ("C",)
+        return ("C", *(f"stride_{tensor}_{dim}" for tensor in tensors for dim in ("n", "h", "w")))
+
+    return divisible
+
+
+# The memory-bound kernels' traffic and loop trips (KernelSpec.moves and .trips; bench/memory_model.py). Every tensor
+# a kernel must touch is read once and written once; caches serve the re-reads.
+
+
+def moved(*tensors) -> list[tuple[int, int]]:
+    return [(t.numel(), t.element_size()) for t in tensors]
+
+
+def window_moves(a: dict) -> list[tuple[int, int]]:
+    """LRN, max-pool and LRN+pool: the tensors among their pointers, each once. LRN forward reads x and writes out;
+    backward reads x and the gradient and writes dx. Max-pool forward reads x and writes the pooled output and its
+    1-byte window positions; backward reads the pooled gradient and the positions and writes dx. LRN+pool forward
+    reads x and writes the pooled LRN and the positions; backward reads x, the pooled gradient and the positions and
+    writes dx."""
+    return moved(*(a[name] for name in ("x_ptr", "grad_ptr", "pos_ptr", "out_ptr", "dx_ptr") if name in a))
+
+
+def lrn_fwd_trips(a: dict, config) -> list[float]:
+    """The channel walk, a chunk of CH channels a trip: for c0 in range(0, C, CH)."""
+    return [_common.cdiv(a["C"], a["CH"])]
+
+
+def lrn_bwd_trips(a: dict, config) -> list[float]:
+    """The channel walk, a chunk of CH channels a trip and one more (a trip writes the chunk before its own):
+    for c0 in range(0, C + CH, CH)."""
+    return [_common.cdiv(a["C"], a["CH"]) + 1]
+
+
+def lrn_pool_fwd_trips(a: dict, config) -> list[float]:
+    """A thread item's band of output rows: for r in range(ROWS)."""
+    return [a["ROWS"]]
+
+
+def no_loops(a: dict, config) -> list[float]:
+    """No runtime loop: one block of elements a program, windows and taps unrolled (tl.static_range)."""
+    return []
+
+
+def relu_grad_moves(a: dict) -> list[tuple[int, int]]:
+    """Reads the gradient and the forward's output, writes the masked gradient; with the bias, writes its gradient and,
+    with several pixel chunks, writes and reads the fp32 partial sums once (the arrival counters' bytes are left out:
+    a few per channel block)."""
+    tensors = [a["grad_ptr"], a["out_ptr"], a["masked_ptr"]]
+    if a["HAS_BIAS"]:
+        tensors.append(a["db_ptr"])
+        if a["PIXELS"] > a["PIXELS_PER_PROGRAM"]:  # partial_db: [chunks, C]
+            tensors += [a["partial_db_ptr"]] * 2
+    return moved(*tensors)
+
+
+def relu_grad_trips(a: dict, config) -> list[float]:
+    """The pixel loop, range(p_start, p_end, BLOCK_P), its mean trips over the chunks (the last may be short); with the
+    bias, the sum of the partials, range(0, chunks, BLOCK_P), which one program of each channel block's `chunks` runs
+    (none with one chunk): its mean trips per program."""
+    pixels, per_program, block = a["PIXELS"], a["PIXELS_PER_PROGRAM"], config.kwargs["BLOCK_P"]
+    chunks = _common.cdiv(pixels, per_program)
+    last = pixels - (chunks - 1) * per_program
+    pixel_trips = ((chunks - 1) * _common.cdiv(per_program, block) + _common.cdiv(last, block)) / chunks
+    if not a["HAS_BIAS"]:
+        return [pixel_trips]
+    return [pixel_trips, _common.cdiv(chunks, block) / chunks if chunks > 1 else 0.0]
+
+
+def space_to_depth_moves(a: dict) -> list[tuple[int, int]]:
+    """Reads the image (conv1's windows read all of a 227 image) and writes its blocked copy (padding included)."""
+    return moved(a["x_ptr"], a["out_ptr"])
+
+
+def dropout_moves(a: dict) -> list[tuple[int, int]]:
+    """Reads x and the 8-byte seed, writes out (the mask is regenerated, never stored)."""
+    return moved(a["x_ptr"], a["seed_ptr"], a["out_ptr"])
+
+
+def crop_moves(a: dict) -> list[tuple[int, int]]:
+    """Reads the boxes, the lighting shifts, the mean and scale, and the stored pixels under each crop: as stored, one
+    uint8 a crop's element; rescaled, the stored rows and columns whose filter reaches a centred crop, and the
+    resampling table. Writes the crops."""
+    out, crops, size, taps = a["out_ptr"], a["box_ptr"].shape[0], a["size"], a["TAPS"]
+    tensors = moved(*(a[name] for name in ("box_ptr", "shift_ptr", "mean_ptr", "scale_ptr")))
+    if taps == 0:
+        return [*tensors, (out.numel(), 1), *moved(out)]
+    resize, side = a["start_ptr"].shape[0], a["image_ptr"].shape[1]
+    starts, weights = augment.resampling(side, resize)
+    first = (resize - size) // 2
+    reads = [int(starts[i]) + int((weights[i] > 0).nonzero().max()) for i in range(first, first + size)]
+    footprint = max(reads) - int(starts[first]) + 1  # stored pixels a side
+    table = moved(a["start_ptr"], a["weight_ptr"])
+    return [*tensors, *table, (crops * 3 * footprint**2, 1), *moved(out)]
+
+
+def crop_trips(a: dict, config) -> tuple[list[float], ...]:
+    """As stored, none (a [ROWS, BLOCK] tile). Rescaled, a program's walk down the stored rows its output rows reach,
+    range(first(y0), first(last) + TAPS) (first: the table's starts), and inside, for each stored row, the output
+    rows whose filter ends there (a while loop, 0 or 1 trips when shrinking): their means per program and per stored
+    row, for a centred crop (the training crops' boxes vary about it). The while loop's branch back is a predicated
+    `BRA P, target`; where bench/sass.py does not read that as a loop, its body counts once a stored row."""
+    taps, size, rows = a["TAPS"], a["size"], config.kwargs["ROWS"]
+    if taps == 0:
+        return ([],)
+    resize = a["start_ptr"].shape[0]
+    starts, _ = augment.resampling(a["image_ptr"].shape[1], resize)
+    top = (resize - size) // 2
+    programs = _common.cdiv(size, rows)
+    walked = sum(
+        int(starts[top + min(y0 + rows, size) - 1]) + taps - int(starts[top + y0]) for y0 in range(0, size, rows)
+    )
+    return ([walked / programs, size / walked], [walked / programs])
 
 
 # In the order they compile: the slowest (conv) first.
@@ -227,6 +401,8 @@ SPECS = [
         lambda dtype: [{"HAS_BIAS": bias, "stride_grad_c": 1, "stride_out_c": 1} for bias in (True, False)],
         pointers={"partial_db_ptr": "*acc", "arrivals_ptr": "*i32"},
         configs_attribute="MASK_CONFIGS",
+        moves=relu_grad_moves,
+        trips=relu_grad_trips,
         divisible=(
             "C",
             "stride_grad_n",
@@ -237,16 +413,47 @@ SPECS = [
             "stride_out_w",
         ),
     ),
-    KernelSpec(lrn._lrn_fwd_kernel, lrn_meta, floats=("alpha_over_size", "beta", "k")),
-    KernelSpec(lrn._lrn_bwd_kernel, lrn_meta, floats=("alpha_over_size", "beta", "k", "two_alpha_beta_over_size")),
-    KernelSpec(pool._max_pool_fwd_kernel, pool_meta, pointers={"pos_ptr": "*u8"}),
-    KernelSpec(pool._max_pool_bwd_kernel, pool_meta, pointers={"pos_ptr": "*u8"}),
+    KernelSpec(
+        lrn._lrn_fwd_kernel,
+        lrn_meta(("x", "out")),
+        floats=("alpha_over_size", "beta", "k"),
+        moves=window_moves,
+        trips=lrn_fwd_trips,
+        divisible=lrn_pool_divisible(("x", "out")),
+    ),
+    KernelSpec(
+        lrn._lrn_bwd_kernel,
+        lrn_meta(("x", "grad", "dx")),
+        floats=("alpha_over_size", "beta", "k", "two_alpha_beta_over_size"),
+        moves=window_moves,
+        trips=lrn_bwd_trips,
+        divisible=lrn_pool_divisible(("x", "grad", "dx")),
+    ),
+    KernelSpec(
+        pool._max_pool_fwd_kernel,
+        pool_layout_meta(("x", "out")),
+        pointers={"pos_ptr": "*u8"},
+        moves=window_moves,
+        trips=no_loops,
+        divisible=lrn_pool_divisible(("x", "out")),
+    ),
+    KernelSpec(
+        pool._max_pool_bwd_kernel,
+        pool_layout_meta(("grad", "pos", "dx")),
+        pointers={"pos_ptr": "*u8"},
+        moves=window_moves,
+        trips=no_loops,
+        divisible=lrn_pool_divisible(("grad", "pos", "dx")),
+    ),
     KernelSpec(
         lrn_pool._lrn_max_pool_fwd_kernel,
         lrn_pool_fwd_meta,
         pointers={"pos_ptr": "*u8"},
         floats=("alpha_over_size", "beta", "k"),
         configs_attribute="_FWD_GPU_CONFIGS",
+        divisible=lrn_pool_divisible(("x", "out")),
+        moves=window_moves,
+        trips=lrn_pool_fwd_trips,
     ),
     KernelSpec(
         lrn_pool._lrn_max_pool_bwd_kernel,
@@ -254,15 +461,38 @@ SPECS = [
         pointers={"pos_ptr": "*u8"},
         floats=("alpha_over_size", "beta", "k", "two_alpha_beta_over_size"),
         configs_attribute="_BWD_GPU_CONFIGS",
+        divisible=lrn_pool_divisible(("x", "grad", "pos", "dx")),
+        moves=window_moves,
+        trips=no_loops,
     ),
-    KernelSpec(dropout._dropout_kernel, lambda dtype: [{}], pointers={"seed_ptr": "*i64"}, floats=("p", "scale")),
+    KernelSpec(
+        space_to_depth._space_to_depth_kernel,
+        # conv1's image (3 channels, stride 4: 48 blocked channels), NCHW and channels_last (a unit stride a constant).
+        lambda dtype: [{"C": 3, "SH": 4, "SW": 4, "CHANNELS_P2": 64, unit: 1} for unit in ("stride_x_w", "stride_x_c")],
+        moves=space_to_depth_moves,
+        trips=no_loops,
+    ),
+    KernelSpec(
+        dropout._dropout_kernel,
+        lambda dtype: [{}],
+        pointers={"seed_ptr": "*i64"},
+        floats=("p", "scale"),
+        moves=dropout_moves,
+        trips=no_loops,
+    ),
     KernelSpec(
         augment._crop_normalize_kernel,
-        # As stored (227 crops of a 256 store), rescaled 256 -> 253 (224 crops: 5 taps a side) and 256 -> 76 (67
-        # crops: 9 taps); the strides of 1 a launch has (RGB pixels, the output's innermost dimension) as constants.
+        # As stored (227 crops of a 256 store), rescaled 256 -> 253 (224 crops: 3 taps a side) and 256 -> 76 (67
+        # crops: 7 taps); the strides of 1 a launch has (RGB pixels, the output's innermost dimension) as constants.
         lambda dtype: [
-            {"TAPS": taps, "CHANNELS_LAST": last, "stride_image_c": 1, ("stride_out_c" if last else "stride_out_w"): 1}
-            for taps in (0, 5, 9)
+            {
+                "PIXEL": 3,
+                "TAPS": taps,
+                "CHANNELS_LAST": last,
+                "stride_image_c": 1,
+                ("stride_out_c" if last else "stride_out_w"): 1,
+            }
+            for taps in (0, 3, 7)
             for last in (False, True)
         ],
         pointers={
@@ -271,7 +501,9 @@ SPECS = [
             "start_ptr": "*i32",
             **dict.fromkeys(("shift_ptr", "mean_ptr", "scale_ptr", "weight_ptr"), "*fp32"),
         },
-        divisible=("side", "stride_image_n", "stride_image_h"),  # a 256 store: 256, 196,608 and 768
+        divisible=("stride_image_n", "stride_image_h"),  # a 256 store: 196,608 and 768
+        moves=crop_moves,
+        trips=crop_trips,
     ),
 ]
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}

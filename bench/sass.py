@@ -48,27 +48,33 @@ def parse_sass(text: str) -> dict[str, list[Instruction]]:
 
 
 def branch_target(instruction: Instruction) -> int | None:
-    """The address a direct branch jumps to, or None for any other instruction."""
+    """The address a direct branch jumps to, or None for any other instruction. A branch may name a predicate operand
+    before its target (`BRA !P3, 0x...`: taken where the predicate holds, on top of any guard)."""
     if instruction.opcode.split(".")[0] != "BRA":
         return None
-    found = re.match(r"(?:`\()?\s*0x([0-9a-f]+)", instruction.operands)
+    found = re.match(r"(?:!?U?P[T\d]+\s*,\s*)?(?:`\()?\s*0x([0-9a-f]+)", instruction.operands)
     return int(found.group(1), 16) if found else None
 
 
 def loops(instructions: list[Instruction]) -> list[tuple[int, int]]:
-    """Loops as (first, last) instruction indices: a branch back to an earlier address. Back edges from blocks the
-    compiler parks after the exit (a barrier's retry path jumping into the loop) are not loops: a loop's span
-    holds no EXIT."""
+    """Loops as (first, last) instruction indices, outermost first, then in program order: a branch back to an earlier
+    address. Back edges from blocks the compiler parks after the exit (a barrier's retry path jumping into the loop)
+    are not loops: a loop's span holds no unconditional EXIT (a conditional one is the loop's own way out, as where
+    the loop ends the kernel). Branches back to one header make one loop, which the last of them ends; the
+    unconditional branch to itself that pads a function's end is none."""
     index = {instruction.address: i for i, instruction in enumerate(instructions)}
-    found = []
+    ends: dict[int, int] = {}
     for last, instruction in enumerate(instructions):
         target = branch_target(instruction)
         if target is None or target > instruction.address or target not in index:
             continue
         first = index[target]
-        if not any(instructions[i].opcode.startswith("EXIT") for i in range(first, last + 1)):
-            found.append((first, last))
-    return found
+        if first == last and not instruction.predicated:
+            continue
+        if any(i.opcode.split(".")[0] == "EXIT" and not i.predicated for i in instructions[first : last + 1]):
+            continue
+        ends[first] = max(ends.get(first, last), last)
+    return sorted(ends.items(), key=lambda span: (span[0], -span[1]))
 
 
 def is_tensor_core(opcode: str) -> bool:

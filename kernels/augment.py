@@ -15,6 +15,13 @@ One box per output crop, so the training crops (a random box and flip per image)
 centre crop and the ten crops (five boxes, each with and without the flip) are all this kernel. The
 random draws stay on the CPU (data.py), so a run draws the same numbers whichever path it takes; the
 workers ship 1-byte pixels instead of 4-byte floats, and the float crops exist only in GPU memory.
+
+A program owns ROWS rows of a crop and BLOCK of the 3 * size values in each, (x, c) in channels_last's order or
+(c, x) in NCHW's: each value's column, channel, source column and channel constants are worked out once for all its
+rows. As stored, the program is one [ROWS, BLOCK] tile. Rescaled, it walks its rows in order: each output row reads
+the rescaled rows its filter spans, and each of those, filtered along its row and rounded, is made once, kept in a
+ring of the last TAPS and shared with the next output rows (an output row moves the ring on by as many stored rows
+as its filter's start moves: about the scale), so a value costs TAPS gathers a stored row it needs, not TAPS^2.
 """
 
 import functools
@@ -30,14 +37,17 @@ from . import _common, autotune, expected
 # Constants
 # ---------------------------------------------------------------------------------------------
 
-# Output elements per program for a purely bandwidth-bound kernel (one crop's 3 x 227 x 227 values is
-# 154,587 of them); the usual elementwise range, up to 8 values a thread: at 16 (4096 over 8 warps) the rescaling
-# variant needs 255 registers and spills 64 bytes, at 8 it needs 168-171; 4 a thread (512) keeps more warps in
-# flight for its gathers (sm_90 census). Not yet measured on a GPU for this project.
+# ROWS rows x BLOCK values of a row a program: 2 values a thread at 4 warps, 4 at 2, 8 at 1 (BLOCK is a power of
+# two: 256 leaves 11-12% of a 224-227 crop's 672-681-value rows idle, 512 a third). sm_90 census (bench/memory_model.py)
+# in bf16: as stored (227 crops of a 256 store) every config's modeled bound is 1.00, 560-6,232 instructions a program
+# (0.33 with a value a lane and its own index arithmetic); rescaled, the walk's best is at 8 values a thread, 256 -> 253
+# (3 taps) 0.68 and 256 -> 76 (7 taps) 0.68 with both loops read (the census reads the inner `while` as straight code:
+# 0.74 and 0.51), from 0.06 and 0.08 with each value's own TAPS^2 gathers: TAPS gathers, conversions and multiply-adds
+# a value and stored row remain most of it. Not yet measured on a GPU for this project.
 _GPU_CONFIGS = [
-    triton.Config({"BLOCK": 512}, num_warps=4),
-    triton.Config({"BLOCK": 1024}, num_warps=4),
-    triton.Config({"BLOCK": 2048}, num_warps=8),
+    triton.Config({"ROWS": 16, "BLOCK": 256}, num_warps=4),
+    triton.Config({"ROWS": 32, "BLOCK": 256}, num_warps=2),
+    triton.Config({"ROWS": 64, "BLOCK": 256}, num_warps=1),
 ]
 
 
@@ -45,8 +55,10 @@ def resampling(source: int, target: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The table that rescales a side of `source` pixels to `target` (target <= source) as PyTorch's antialiased
     bilinear resize does (``F.interpolate(mode="bilinear", antialias=True)``, align_corners False): for each
     target pixel i, the first source pixel it reads, starts[i] (int32 (target,)), and its weights over that pixel
-    and the next ones, weights[i] (float32 (target, taps), summing to 1, zero past the pixels it reads). The
-    filter is a triangle as wide as the scale on each side of the pixel's centre, source / target * (i + 0.5)."""
+    and the next ones, weights[i] (float32 (target, taps), summing to 1, zero where its filter gives none). The
+    filter is a triangle as wide as the scale on each side of the pixel's centre, source / target * (i + 0.5); taps
+    is the most pixels any target pixel's triangle gives weight (3 for 256 -> 253, 7 for 256 -> 76), and every
+    window lies inside the source: starts[i] + taps <= source."""
     if not 1 <= target <= source:
         raise ValueError(f"resampling shrinks a side or keeps it: target must be in [1, {source}], got {target}")
     scale = source / target
@@ -60,33 +72,56 @@ def resampling(source: int, target: int) -> tuple[torch.Tensor, torch.Tensor]:
         distance = (torch.arange(first, end, dtype=torch.float64) - centre + 0.5).abs() / scale
         triangle = (1 - distance).clamp_min(0)
         starts[i], weights[i, : end - first] = first, triangle / triangle.sum()
-    return starts, weights.float()
+    # The triangle's ends weigh 0: taps past the last weighted one would only add zeros (exactly) to the kernel's sums.
+    taps = int((weights > 0).nonzero()[:, 1].max()) + 1
+    # A window that would run past the last pixel starts earlier, its weights moved along (the taps it gains lie
+    # inside the image and weigh 0): every tap the kernel reads is inside the image.
+    table = torch.zeros(target, taps, dtype=torch.float64)
+    for i in range(target):
+        start = min(int(starts[i]), source - taps)
+        moved = int(starts[i]) - start
+        starts[i], table[i, moved:] = start, weights[i, : taps - moved]
+    return starts, table.float()
 
 
 def _interpreter_blocks(args: dict) -> dict:
-    return {"BLOCK": _common.program_block(3 * args["size"] * args["size"], 16, 65536)}
+    """Under the interpreter: a whole crop in a program (up to 64 rows); under TEST_TILES three programs or more each
+    way, so that a rescaled crop's row walk takes two rows or more."""
+    return {
+        "ROWS": _common.program_block(args["size"], 1, 64),
+        "BLOCK": _common.program_block(3 * args["size"], 1, 4096),
+    }
 
 
 BOX_COLUMNS = 4  # sample index, top, left, flip (0 or 1)
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernels
+# Helpers
 # ---------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _stored_pixel(image_ptr, row, column, c, side, stride_h, stride_w, stride_c, mask):
-    return tl.load(
-        image_ptr + row * stride_h + column * stride_w + c * stride_c, mask=mask & (row < side) & (column < side),
-        other=0,
-    ).to(tl.float32)
+def _whole_grey_level(value):
+    """The nearest grey level, halves rounded up: what a uint8 resize stores. No clamp to [0, 255] is needed: the
+    filter's weights are nonnegative and sum to 1 within fp32 rounding (resampling), so a filtered value of grey
+    levels lies in [0, 255.001], which rounds into [0, 255]."""
+    return tl.floor(value + 0.5)
 
 
 @triton.jit
-def _whole_grey_level(value):
-    """The nearest grey level, halves rounded up, in [0, 255]: what a uint8 resize stores."""
-    return tl.minimum(tl.maximum(tl.floor(value + 0.5), 0.0), 255.0)
+def _along_row(first_taps, column_weights, PIXEL: tl.constexpr, TAPS: tl.constexpr):
+    """A stored row filtered along the row for each value (first_taps: its filter's first tap in the row), rounded to
+    a whole grey level."""
+    total = tl.zeros(first_taps.shape, dtype=tl.float32)
+    for t in tl.static_range(TAPS):
+        total += column_weights[t] * tl.load(first_taps + t * PIXEL).to(tl.float32)
+    return _whole_grey_level(total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
 
 
 @autotune.tuned(_GPU_CONFIGS, ["size", "TAPS", "CHANNELS_LAST"], _interpreter_blocks, checked=["out_ptr"])
@@ -95,54 +130,80 @@ def _crop_normalize_kernel(
     # pointers: images uint8 (N, S, S, 3); boxes int32 (M, 4); shift float32 (M, 3); mean, scale float32 (3,);
     # the resampling table (unused when TAPS is 0): starts int32 (R,), weights float32 (R, TAPS)
     image_ptr, box_ptr, shift_ptr, mean_ptr, scale_ptr, start_ptr, weight_ptr, out_ptr,
-    # sizes: the crop's side, the stored images' side S
-    size, side,
-    # strides of the images (n, h, w, c) and of the output (m, c, h, w)
-    stride_image_n, stride_image_h, stride_image_w, stride_image_c,
+    # sizes: the crop's side
+    size,
+    # strides of the images (n, h, c; their w is PIXEL) and of the output (m, c, h, w)
+    stride_image_n, stride_image_h, stride_image_c,
     stride_out_m, stride_out_c, stride_out_h, stride_out_w,
-    # meta-parameters: TAPS, the resampling's taps per side (0: crop the stored images as they are);
-    # CHANNELS_LAST walks the output in its memory order, so stores are contiguous
-    TAPS: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    # meta-parameters: the images' stride between neighbouring pixels of a row (3 for (N, S, S, 3) contiguous: a
+    # constant, so that a filter's taps are one address and fixed offsets); TAPS, the resampling's taps per side (0:
+    # crop the stored images as they are); CHANNELS_LAST orders a row's values (x, c), as the output's memory does;
+    # the tile
+    PIXEL: tl.constexpr, TAPS: tl.constexpr, CHANNELS_LAST: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Crops on grid axis 0 (up to 2**31 - 1 programs): ten-crop evaluation makes 40 crops per training image.
     crop = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < 3 * size * size
-    if CHANNELS_LAST:  # (y, x, c) order
-        y, x, c = offs // (3 * size), (offs // 3) % size, offs % 3
-    else:  # (c, y, x) order
-        c, y, x = offs // (size * size), (offs // size) % size, offs % size
+    y0 = tl.program_id(1) * ROWS
+    j = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)  # the values of a row
+    in_row = j < 3 * size
+    # Values past the row (stored nowhere) read the row's last: every load below is in bounds, unmasked.
+    if CHANNELS_LAST:
+        x = tl.minimum(j, 3 * size - 1) // 3
+        c = tl.minimum(j, 3 * size - 1) - 3 * x
+    else:
+        c = tl.minimum(j, 3 * size - 1) // size
+        x = tl.minimum(j, 3 * size - 1) - size * c
     sample = tl.load(box_ptr + crop * 4).to(tl.int64)
     top = tl.load(box_ptr + crop * 4 + 1)
     left = tl.load(box_ptr + crop * 4 + 2)
     flip = tl.load(box_ptr + crop * 4 + 3)
-    source_x = tl.where(flip != 0, size - 1 - x, x)
-    image_ptr += sample * stride_image_n
+    source_x = left + tl.where(flip != 0, size - 1 - x, x)  # in the (rescaled) image
+    shift = tl.load(shift_ptr + crop * 3 + c)
+    mean = tl.load(mean_ptr + c)
+    scale = tl.load(scale_ptr + c)
+    image_ptr += sample * stride_image_n + c * stride_image_c
+    if CHANNELS_LAST:  # the launcher's output: a row's (x, c) values contiguous, in order
+        out = out_ptr + crop * stride_out_m + j
+    else:
+        out = out_ptr + crop * stride_out_m + c * stride_out_c + x * stride_out_w
     if TAPS == 0:
-        pixel = tl.load(
-            image_ptr + (top + y) * stride_image_h + (left + source_x) * stride_image_w + c * stride_image_c,
-            mask=mask,
-        ).to(tl.float32)
-    else:  # the rescaled image's pixel (top + y, left + x'), made from the stored pixels under its filter
-        row_start = tl.load(start_ptr + top + y, mask=mask, other=0)
-        column_start = tl.load(start_ptr + left + source_x, mask=mask, other=0)
-        row_weights = weight_ptr + (top + y) * TAPS
-        column_weights = weight_ptr + (left + source_x) * TAPS
-        pixel = tl.zeros([BLOCK], dtype=tl.float32)
-        for i in tl.range(TAPS):
-            along_row = tl.zeros([BLOCK], dtype=tl.float32)
-            for j in tl.range(TAPS):
-                stored = _stored_pixel(image_ptr, row_start + i, column_start + j, c, side, stride_image_h,
-                                       stride_image_w, stride_image_c, mask)  # fmt: skip
-                along_row += tl.load(column_weights + j, mask=mask, other=0.0) * stored
-            pixel += tl.load(row_weights + i, mask=mask, other=0.0) * _whole_grey_level(along_row)
-        pixel = _whole_grey_level(pixel)
-    shift = tl.load(shift_ptr + crop * 3 + c, mask=mask)
-    mean = tl.load(mean_ptr + c, mask=mask)
-    scale = tl.load(scale_ptr + c, mask=mask)
-    value = ((pixel + shift) - mean) * scale  # the CPU transform's order of operations
-    out = out_ptr + crop * stride_out_m + c * stride_out_c + y * stride_out_h + x * stride_out_w
-    tl.store(out, value.to(out_ptr.dtype.element_ty), mask=mask)
+        pixels = image_ptr + source_x * PIXEL
+        for r in tl.static_range(ROWS):
+            y = y0 + r
+            # A last block's rows past the crop read its last row, and store nothing.
+            pixel = tl.load(pixels + (top + tl.minimum(y, size - 1)) * stride_image_h).to(tl.float32)
+            value = ((pixel + shift) - mean) * scale  # the CPU transform's order of operations
+            tl.store(out + y * stride_out_h, value.to(out_ptr.dtype.element_ty), mask=in_row & (y < size))
+    else:  # the rescaled image's pixel (top + y, source_x), made from the stored pixels under its filter
+        columns = image_ptr + tl.load(start_ptr + source_x) * PIXEL  # the filter's first tap in row 0
+        column_weights = ()
+        for t in tl.static_range(TAPS):
+            column_weights += (tl.load(weight_ptr + source_x * TAPS + t),)
+        # The walk down the stored rows the program's output rows reach, in order: each one filtered along its row
+        # into a ring of the last TAPS; an output row is made once the ring holds its filter's rows, first(y) ..
+        # first(y) + TAPS - 1 (first: the table's starts, nondecreasing).
+        ring = ()
+        for _ in tl.static_range(TAPS):
+            ring += (tl.zeros([BLOCK], dtype=tl.float32),)
+        y = y0
+        last = tl.minimum(y0 + ROWS, size) - 1
+        first = tl.load(start_ptr + top + y)
+        for row in range(first, tl.load(start_ptr + top + last) + TAPS):
+            filtered = _along_row(columns + row * stride_image_h, column_weights, PIXEL, TAPS)
+            moved = ()
+            for t in tl.static_range(1, TAPS):
+                moved += (ring[t],)
+            ring = moved + (filtered,)
+            # The output rows whose filter ends here: one at most while the starts move on (shrinking), more where
+            # they are held back at the image's last rows (resampling).
+            while (first + TAPS - 1 == row) & (y <= last):
+                total = tl.zeros([BLOCK], dtype=tl.float32)
+                for t in tl.static_range(TAPS):
+                    total += tl.load(weight_ptr + (top + y) * TAPS + t) * ring[t]
+                value = ((_whole_grey_level(total) + shift) - mean) * scale
+                tl.store(out + y * stride_out_h, value.to(out_ptr.dtype.element_ty), mask=in_row)
+                y += 1
+                first = tl.load(start_ptr + top + tl.minimum(y, last))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +240,7 @@ def crop_normalize(
         return out
 
     def grid(meta):
-        return (count, _common.cdiv(3 * size * size, meta["BLOCK"]))
+        return (count, _common.cdiv(size, meta["ROWS"]), _common.cdiv(3 * size, meta["BLOCK"]))
 
     def expect():
         table = (starts, weights) if resize != side else None
@@ -187,9 +248,10 @@ def crop_normalize(
 
     _common.launcher(_crop_normalize_kernel, expect)[grid](
         images, boxes, shift, mean, scale, starts, weights, out,
-        size, side,
-        *images.stride(),
+        size,
+        images.stride(0), images.stride(1), images.stride(3),
         *out.stride(),
+        PIXEL=images.stride(2),
         TAPS=weights.shape[1] if resize != side else 0,
         CHANNELS_LAST=memory_format == torch.channels_last,
     )  # fmt: skip

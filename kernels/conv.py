@@ -18,7 +18,8 @@ pixel's row address and the tap's spatial validity are per-row vectors, and each
 [pixels x channels] tile contiguous along channels, which the compiler turns into 16-byte async
 copies (cp.async) and pipelines. The same kernel computes the input gradient of a stride-1
 convolution (a convolution of g with the flipped, transposed weights, padded by k-1-p), and a
-convolution whose kernel covers its input (fc6, fc7) as a 1x1 convolution of the flattened input;
+convolution whose kernel covers its input (fc6, fc7) as a 1x1 convolution of the flattened input, and conv1 (3
+channels, stride 4) as a stride-1 convolution of its input cut into 4x4 blocks of 48 channels (space_to_depth.py);
 those, whose GEMM has only the batch as rows, split their reduction over several programs, the last of which to
 finish sums the others' partial tiles and applies the epilogue (arrivals.py). A strided
 convolution's input gradient (conv1's, which AlexNet never needs) keeps a gather kernel.
@@ -31,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common, arrivals, autotune, expected
+from . import _common, arrivals, autotune, expected, space_to_depth
 from . import conv_tuning as tuning
 
 # The rows of a tile the program that finishes a split reduction sums at a time (sum_splits): 8 rows of a 128-wide
@@ -346,8 +347,12 @@ def conv_relu_forward(
     out = _common.empty((N, C_out, OH, OW), like=x, memory_format=output_memory_format(x, weight))
     if N * OH * OW == 0:  # empty batch: nothing to launch
         return out
-    x, weight = dense_channels(x), dense_channels(weight)
-    if covers_input((H, W), (KH, KW), padding, groups):
+    if space_to_depth.applies(C_in_g, stride, groups):  # conv1: dense channels, stride 1 (space_to_depth.py)
+        x = space_to_depth.space_to_depth(x, (KH, KW), stride, padding, (OH, OW))
+        weight, stride, padding = space_to_depth.space_to_depth_weight(weight, stride), (1, 1), (0, 0)
+    else:
+        x, weight = dense_channels(x), dense_channels(weight)
+    if covers_input(x.shape[2:], weight.shape[2:], padding, groups):
         x, weight, stride = flatten_to_1x1(x), flatten_to_1x1(weight), (1, 1)
     convolve(x, weight, bias, out, stride, padding, groups, relu=True)
     return out

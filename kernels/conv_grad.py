@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common, arrivals, autotune, expected
+from . import _common, arrivals, autotune, expected, space_to_depth
 from . import conv_tuning as tuning
 from .conv import SUM_ROWS, convolve, covers_input, dense_channels, flatten_to_1x1, split_arrive, sum_splits
 from .conv_tuning import MASK_CONFIGS
@@ -409,6 +409,28 @@ def conv_relu_weight_grad(
     groups: int,
 ) -> torch.Tensor:
     """Gradient of relu(conv2d(x, weight, bias)) with respect to weight, given the masked gradient g (relu_grad)."""
+    C_out, C_in_g, KH, KW = weight_shape
+    if not space_to_depth.applies(C_in_g, stride, groups):
+        return weight_grad(masked, x, weight_shape, weight_memory_format, stride, padding, groups)
+    # conv1: the gradient of the blocked stride-1 convolution the forward ran (space_to_depth.py), mapped back.
+    out_size = (masked.shape[2], masked.shape[3])
+    blocked_x = space_to_depth.space_to_depth(x, (KH, KW), stride, padding, out_size)
+    blocked_shape = [C_out, blocked_x.shape[1], _common.cdiv(KH, stride[0]), _common.cdiv(KW, stride[1])]
+    blocked = weight_grad(masked, blocked_x, blocked_shape, torch.channels_last, (1, 1), (0, 0), 1)
+    dw = _common.empty(weight_shape, like=blocked, memory_format=weight_memory_format)
+    return dw.copy_(space_to_depth.depth_to_space_weight(blocked, (KH, KW), stride))
+
+
+def weight_grad(
+    masked: torch.Tensor,
+    x: torch.Tensor,
+    weight_shape: list[int],
+    weight_memory_format: torch.memory_format,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """conv_relu_weight_grad by the weight-gradient kernel itself, for any convolution."""
     N, C_in, H, W = x.shape
     C_out, C_in_g, KH, KW = weight_shape
     OH, OW = masked.shape[2], masked.shape[3]

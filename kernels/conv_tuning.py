@@ -41,8 +41,9 @@ FWD_CONFIGS = {
     # fp32 without TF32 and fp64 (gradcheck) run tl.dot on the FMA units: small tiles, which do not spill.
     "exact": [_config(32, 32, 16, 4, 2), _config(64, 64, 16, 4, 2)],
 }
-# Packed taps (conv1's 3 channels) address every element on its own (no vector loads): only the smallest tiles stay
-# in registers (the census: 64x64 and larger spill in bf16).
+# Packed taps (narrow channels that space_to_depth.py leaves narrow: a stride-1 convolution of 3 colours, as VGG's
+# first; 3 channels at stride 2) address every element on its own (no vector loads): only the smallest tiles stay in
+# registers (the census: 64x64 and larger spill in bf16). conv1 runs blocked, on the channel-block configs.
 FWD_PACKED_CONFIGS = {
     "half": [_config(64, 64, 64, 4, 4)],
     "tf32": [_config(64, 64, 32, 4, 4)],
@@ -68,15 +69,15 @@ WGRAD_CONFIGS = {
     ],
     "exact": [_config(32, 32, 16, 4, 2), _config(64, 64, 16, 4, 2)],
 }
-# Packed (tap, channel) columns (conv1's 3 channels) gather each element with its own address and bounds: narrow
-# column blocks, which keep that in registers (64 columns spill).
+# Packed (tap, channel) columns (narrow channels space_to_depth.py leaves narrow) gather each element with its own
+# address and bounds: narrow column blocks, which keep that in registers (64 columns spill).
 WGRAD_PACKED_CONFIGS = {
     "half": [_config(64, 32, 64, 4, 3), _config(128, 32, 64, 4, 3)],
     "tf32": [_config(64, 32, 32, 4, 3), _config(128, 32, 32, 4, 3)],
     "exact": [_config(32, 32, 16, 4, 2)],
 }
-# The gather kernel serves only strided input gradients (conv1's, never needed by AlexNet): one small config per
-# class, which does not spill.
+# The gather kernel serves only strided input gradients (conv1's, never needed by AlexNet, runs unblocked): one
+# small config per class, which does not spill.
 GATHER_CONFIGS = {
     "half": [_config(64, 64, 32, 4, 2)],
     "tf32": [_config(64, 64, 16, 4, 2)],
@@ -205,8 +206,9 @@ def interpreter_mask_blocks(args: dict) -> dict:
 MAX_SPLITS = 16
 MIN_REDUCTION_PER_SPLIT = 1024
 MIN_PIXELS_PER_SPLIT = 2048
-# A channel block is at least 16 wide (tl.dot's K); narrower channels (conv1's 3 colours) would leave most of it
-# padding, so their kernels pack (tap, channel) pairs into the block instead, at the cost of per-element addresses.
+# A channel block is at least 16 wide (tl.dot's K); narrower channels would leave most of it padding, so their kernels
+# pack (tap, channel) pairs into the block instead, at the cost of per-element addresses, unless cutting a strided
+# input into blocks makes them wide (conv1's 3 colours at stride 4: 48; space_to_depth.py).
 PACK_CHANNELS_BELOW = 16
 # ReLU's mask: each program masks this many pixels of a channel block and writes one partial bias sum, so the
 # partial sums are few (1,500 rows for conv1 at batch 128) and their number does not depend on the tile config.

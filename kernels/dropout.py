@@ -3,6 +3,10 @@ seed and each element's position (Triton tutorial 04, "low-memory dropout").
 
     keep[i] = uniform(seed, i) >= p          out[i] = x[i] / (1 - p) if keep[i] else 0
 
+One Philox call gives four 32-bit numbers: element i takes number i % 4 of the call whose counter is i // 4, so
+four elements share a call (tl.rand draws one number a call, and the ten Philox rounds were most of the kernel's
+instructions) and the mask still depends on the seed and each element's position alone, whatever the block.
+
 The backward is the same kernel applied to the incoming gradient with the same seed, so the state kept
 for backward is one int64 seed: 8 bytes per call instead of PyTorch's one-byte-per-element mask.
 Positions are indices into the tensor's memory (contiguous or channels_last), so one seed gives one
@@ -19,7 +23,9 @@ from . import _common, autotune, expected
 # Constants
 # ---------------------------------------------------------------------------------------------
 
-# Elements per program for a purely bandwidth-bound kernel (tutorial 01 uses 1024). Not yet measured
+# Elements per program for a purely bandwidth-bound kernel (tutorial 01 uses 1024). sm_90 census at fc6/fc7's
+# 128 x 2048 (bench/memory_model.py): 232 instructions a program at 1,024 elements and 4 warps (512 with a Philox
+# call per element), modeled bound 1.00 in bf16 and fp32 (0.55 before); 4,096 a program issues 424. Not yet measured
 # on a GPU for this project.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK": 1024}, num_warps=4),
@@ -32,7 +38,7 @@ def _interpreter_blocks(args: dict) -> dict:
     return {"BLOCK": _common.program_block(args["numel"], 16, 65536)}
 
 
-# Philox counters here are 32-bit element positions.
+# Philox counters here are 32-bit: a counter per four element positions.
 MAX_ELEMENTS = 2**31 - 1
 
 
@@ -50,14 +56,17 @@ def _dropout_kernel(
     numel,
     # dropout parameters: scale = 1 / (1 - p), or 0 when p = 1
     p, scale,
-    # meta-parameters
+    # meta-parameters: BLOCK, a multiple of 4
     BLOCK: tl.constexpr,
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    seed = tl.load(seed_ptr)
-    keep = tl.rand(seed, offs) >= p  # uniform in [0, 1): kept with probability 1 - p
+    # Counter g draws the numbers of elements 4g .. 4g + 3: a [BLOCK / 4, 4] tile of them, read in memory order.
+    counters = tl.program_id(0) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+    u0, u1, u2, u3 = tl.rand4x(tl.load(seed_ptr), counters)  # uniform in [0, 1)
+    uniform = tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), [BLOCK])  # (g, j, i) holds number 2j + i
+    keep = uniform >= p  # kept with probability 1 - p
     x = tl.load(x_ptr + offs, mask=mask)
     out = tl.where(keep, x.to(ACC_DTYPE) * scale, 0.0)  # scaled in fp32, as PyTorch does
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)

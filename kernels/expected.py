@@ -474,3 +474,33 @@ def _resampled(images, samples, starts, weights):
     pixels = images[samples].double()  # (M, S, S, 3)
     along_rows = torch.einsum("xs,mysc->myxc", matrix, pixels).add(0.5).floor().clamp(0, 255)
     return torch.einsum("ys,msxc->myxc", matrix, along_rows).add(0.5).floor().clamp(0, 255)
+
+
+def space_to_depth_reference(x, kernel, stride, padding, out) -> torch.Tensor:
+    """kernels/space_to_depth.py's blocked input by PyTorch's pad and a rearranging copy: zero padding to whole
+    blocks (cropping the rows and columns no window reads, then padding them back with zeros), channel (dy, dx, c)."""
+    N, C, H, W = x.shape
+    (KH, KW), (SH, SW), (PH, PW), (OH, OW) = kernel, stride, padding, out
+    BH, BW = OH + (KH + SH - 1) // SH - 1, OW + (KW + SW - 1) // SW - 1
+    read_rows, read_columns = (OH - 1) * SH + KH, (OW - 1) * SW + KW
+    nhwc = F.pad(x.permute(0, 2, 3, 1), (0, 0, PW, read_columns - PW - W, PH, read_rows - PH - H))
+    padded = F.pad(nhwc, (0, 0, 0, BW * SW - read_columns, 0, BH * SH - read_rows))
+    blocks = padded.reshape(N, BH, SH, BW, SW, C).permute(0, 1, 3, 2, 4, 5)
+    return blocks.reshape(N, BH, BW, SH * SW * C).permute(0, 3, 1, 2)
+
+
+def space_to_depth_weight(weight: torch.Tensor, stride) -> torch.Tensor:
+    """[C_out, C, KH, KW] -> [C_out, SH*SW*C, ceil(KH / SH), ceil(KW / SW)], channels_last, zero-padded to whole
+    blocks, channel (dy, dx, c) as kernels/space_to_depth.py cuts the input."""
+    C_out, C, KH, KW = weight.shape
+    SH, SW = stride
+    KBH, KBW = (KH + SH - 1) // SH, (KW + SW - 1) // SW
+    padded = F.pad(weight.permute(0, 2, 3, 1), (0, 0, 0, KBW * SW - KW, 0, KBH * SH - KH))
+    blocks = padded.reshape(C_out, KBH, SH, KBW, SW, C).permute(0, 1, 3, 2, 4, 5)
+    return blocks.reshape(C_out, KBH, KBW, SH * SW * C).permute(0, 3, 1, 2)
+
+
+def space_to_depth(x, kernel, stride, padding, out, *, results) -> Within:
+    """The blocked input, exactly: a copy."""
+    value = space_to_depth_reference(x, kernel, stride, padding, out)
+    return Within(results, [Whole("blocked input", value, torch.zeros((), device=x.device))])

@@ -150,14 +150,17 @@ def test_crops_at_the_borders_flipped_or_not(device):
         assert relative_error(crop, expected) < 1e-6
 
 
+@pytest.mark.parametrize("resize", [None, 10], ids=["as stored", "rescaled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_crops_come_in_the_training_dtype_and_memory_format(dtype, device):
+def test_crops_come_in_the_training_dtype_and_memory_format(dtype, resize, device):
     split, stats = random_split(2, 12), random_stats(standardize=True)
     images = torch.stack([split.image(i) for i in range(2)]).to(device)
-    boxes = augmentation.evaluation_boxes(2, 12, 9, True, images.device)
-    reference = augmentation.crop_on_device(images, boxes, stats, 9)
+    boxes = augmentation.evaluation_boxes(2, resize or 12, 9, resize is None, images.device)  # rescaled: centre crops
+    reference = augmentation.crop_on_device(images, boxes, stats, 9, resize=resize)
     for memory_format in (torch.contiguous_format, torch.channels_last):
-        crops = augmentation.crop_on_device(images, boxes, stats, 9, dtype=dtype, memory_format=memory_format)
+        crops = augmentation.crop_on_device(
+            images, boxes, stats, 9, resize=resize, dtype=dtype, memory_format=memory_format
+        )
         assert crops.dtype == dtype and crops.is_contiguous(memory_format=memory_format)
         assert torch.equal(crops, reference.to(dtype)), "one rounding of the fp32 value"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.sass import LoopCensus, census_of_loop, hot_loop, loops, mma_flops, parse_sass
+from bench.sass import LoopCensus, branch_target, census_of_loop, hot_loop, loops, mma_flops, parse_sass
 
 SAMPLE = Path(__file__).parent / "data" / "tiny_matmul_sm90.sass"
 
@@ -59,7 +59,8 @@ def test_hot_loop_is_the_branch_back_around_the_mma(instructions):
 
 
 def test_back_edges_from_after_the_exit_are_not_loops():
-    # A barrier's retry block parked after EXIT jumps back into the loop; the loop is 0x10-0x30 all the same.
+    # A barrier's retry block parked after EXIT jumps back into the loop; the loop is 0x10-0x30 all the same. The
+    # branch to itself at 0x50 pads the function's end: no loop either.
     sass = """
         Function : k
         /*0000*/                   MOV R1, R2 ;
@@ -72,12 +73,30 @@ def test_back_edges_from_after_the_exit_are_not_loops():
         /*0070*/                   BRA 0x10 ;
     """
     instructions = parse_sass(sass)["k"]
-    assert [(instructions[a].address, instructions[b].address) for a, b in loops(instructions)] == [
-        (0x10, 0x30),
-        (0x50, 0x50),
-    ]
+    assert [(instructions[a].address, instructions[b].address) for a, b in loops(instructions)] == [(0x10, 0x30)]
     body = hot_loop(instructions)
     assert [i.address for i in body] == [0x10, 0x20, 0x30]
+
+
+def test_a_loop_may_leave_by_a_conditional_exit_and_branch_back_twice():
+    # The loop 0x10-0x60 ends the kernel (its way out the EXIT at 0x50) and has two branches back to its header: one
+    # loop. The loop 0x20-0x30 nests in it.
+    sass = """
+        Function : k
+        /*0000*/                   MOV R1, R2 ;
+        /*0010*/                   IADD3 R1, R1, 0x1, RZ ;
+        /*0020*/                   FFMA R4, R4, R4, R4 ;
+        /*0030*/              @P0 BRA 0x20 ;
+        /*0040*/              @P1 BRA 0x10 ;
+        /*0050*/              @!P2 EXIT ;
+        /*0060*/                   BRA 0x10 ;
+        /*0070*/                   BRA 0x70;
+    """
+    instructions = parse_sass(sass)["k"]
+    assert [(instructions[a].address, instructions[b].address) for a, b in loops(instructions)] == [
+        (0x10, 0x60),
+        (0x20, 0x30),
+    ]
 
 
 def test_mma_shapes_and_the_modeled_bound():
@@ -91,3 +110,18 @@ def test_mma_shapes_and_the_modeled_bound():
     assert loop.issue_bound(4, "bf16") == pytest.approx(0.128)
     assert loop.issue_bound(4, "tf32") == pytest.approx(0.256)  # half the rate: the same FLOPs take twice as long
     assert loop.issue_bound(8, "bf16") == pytest.approx(0.128)  # twice the warps: twice the FLOPs and the issue
+
+
+def test_a_branch_with_a_predicate_operand_is_a_branch():
+    # ptxas writes some loops' back edges as `@!P0 BRA P3, 0x...` (the crop kernel's rescaling loop): still a loop.
+    text = """
+        Function : k
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*0020*/              @!P0 BRA P3, 0x10 ;
+        /*0030*/                   EXIT ;
+        /*0040*/                   BRA 0x40;
+    """
+    instructions = parse_sass(text)["k"]
+    assert branch_target(instructions[2]) == 0x10
+    assert loops(instructions) == [(1, 2)]

@@ -54,6 +54,7 @@ def test_every_kernel_launches_under_a_guard_for_its_tensors_device(guarded_laun
     augment.crop_normalize(
         images, boxes, torch.zeros(2, 3, device=device), ones, ones, 8, torch.float32, torch.contiguous_format
     )
+    F_at.conv2d_relu(torch.randn(2, 3, 15, 15, device=device), torch.randn(4, 3, 11, 11, device=device), stride=4)
     names = {name for name, _, _ in guarded_launches}
     assert {
         "_conv_fwd_kernel",
@@ -67,6 +68,7 @@ def test_every_kernel_launches_under_a_guard_for_its_tensors_device(guarded_laun
         "_lrn_max_pool_bwd_kernel",
         "_dropout_kernel",
         "_crop_normalize_kernel",
+        "_space_to_depth_kernel",
     } <= names
     for name, guarded, devices in guarded_launches:
         assert guarded is not None, f"{name} launched outside a device guard"
@@ -153,7 +155,7 @@ def test_every_launcher_fits_cudas_grid_limits_at_the_largest_shapes(monkeypatch
         last,
     )
     launched = {name for name, _ in GridsOfEveryConfig.grids}
-    assert len(launched) == 12, launched  # every kernel of the package, each at every config
+    assert len(launched) == 13, launched  # every kernel of the package, each at every config
     biggest = [
         max(shape[axis] if axis < len(shape) else 1 for _, shape in GridsOfEveryConfig.grids) for axis in range(3)
     ]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from alexnet_triton.kernels import _common, arrivals, conv_tuning
+from alexnet_triton.kernels import _common, arrivals, conv_tuning, expected, space_to_depth
 from alexnet_triton.kernels import conv as conv_kernels
 from alexnet_triton.kernels import conv_grad as conv_grad_kernels
 from helpers import TOLERANCE, assert_close, away_from_kink, every_other, requires_cuda
@@ -86,8 +86,8 @@ def test_alexnet_layer_shapes_match_reference(layer, precision, launches, device
     out, _ = check_conv2d_relu(x, w, b, stride, padding, groups, tol_key)
     assert out.shape[-2:] == (TEST_OUTPUT_SIDE, TEST_OUTPUT_SIDE)
     # Past the first tile: three programs or more along every tiled dimension and two trips or more of every loop
-    # (AlexNet's channel counts are multiples of every block, so only the pixels and conv1's packed (tap, channel)
-    # pairs end in a partial tile). conv1's input gradient has 3 channels, under tl.dot's 16.
+    # (AlexNet's channel counts are multiples of every block, so only the pixels end in a partial tile; conv1 runs on
+    # its 48-channel blocks). conv1's input gradient has 3 channels, under tl.dot's 16.
     exempt = {"_conv_dgrad_gather_kernel": ["input channels"]}
     assert not uncovered(launches, partial=False, exempt=exempt), table(launches)
 
@@ -506,6 +506,79 @@ def test_packed_taps_and_channel_blocks_agree_with_the_reference(pack_below, mon
     x, w, b = randn(3, 12, 11, 8, device=device), randn(10, 6, 3, 5, device=device), randn(10, device=device)
     check_conv2d_relu(x, w, b, 1, (2, 1), 2, torch.float32)
     check_conv2d_relu(x, w, b, (2, 3), 1, 2, torch.float32)
+
+
+# ---- conv1 by space-to-depth ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel, stride, padding",
+    [
+        ((1, 3, 227, 227), (11, 11), (4, 4), (0, 0)),  # the paper's conv1: 57 x 57 blocks of 48, 3 x 3 taps
+        ((2, 3, 67, 67), (11, 11), (4, 4), (0, 0)),  # the built-in data's crops
+        ((1, 3, 230, 229), (11, 11), (4, 4), (0, 0)),  # rows and columns no window reads (floor mode)
+        ((3, 3, 23, 20), (7, 7), (2, 4), (3, 2)),  # padded, rectangular strides, a kernel no stride divides
+        ((1, 5, 9, 13), (3, 5), (3, 3), (1, 0)),  # a kernel narrower than its stride in one dimension
+    ],
+)
+def test_space_to_depth_is_the_strided_convolution(x_shape, kernel, stride, padding, device):
+    # The blocked stride-1 convolution equals the strided one (in float64 PyTorch, on the kernel's blocked input), the
+    # kernel's blocked input equals PyTorch's pad-and-rearrange bit for bit (NCHW and channels_last inputs), and the
+    # weight's blocks map back to the weight exactly.
+    x = torch.randn(*x_shape, dtype=torch.float64)
+    w = torch.randn(6, x_shape[1], *kernel, dtype=torch.float64)
+    strided = F.conv2d(x, w, stride=stride, padding=padding)
+    out = tuple(strided.shape[2:])
+    blocked_w = space_to_depth.space_to_depth_weight(w, stride)
+    reference = expected.space_to_depth_reference(x, kernel, stride, padding, out)
+    torch.testing.assert_close(F.conv2d(reference, blocked_w), strided, rtol=1e-12, atol=1e-12)
+    assert torch.equal(space_to_depth.depth_to_space_weight(blocked_w, kernel, stride), w)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x32 = x.float().to(device, memory_format=memory_format)
+        blocked = space_to_depth.space_to_depth(x32, kernel, stride, padding, out)
+        assert blocked.is_contiguous(memory_format=torch.channels_last)
+        assert blocked.shape[1] == x_shape[1] * stride[0] * stride[1]
+        assert torch.equal(blocked.cpu(), reference.float())
+
+
+@pytest.mark.parametrize(
+    "channels, stride, blocked",
+    [(3, 4, True), (3, 2, False), (1, 4, True), (16, 4, False), (3, 1, False)],
+    ids=["conv1", "12-channel-blocks", "one-channel", "wide-channels", "stride-1"],
+)
+def test_space_to_depth_runs_where_blocks_fill_a_channel_block(channels, stride, blocked):
+    assert space_to_depth.applies(channels, (stride, stride), 1) is blocked
+    assert not space_to_depth.applies(channels, (stride, stride), 2)  # groups keep the packed taps
+
+
+@pytest.mark.parametrize(
+    "x_shape, out_channels, memory_format",
+    [
+        ((2, 3, 67, 67), 24, torch.contiguous_format),  # the built-in data's crops
+        ((1, 3, 67, 67), 48, torch.channels_last),  # batch 1, channels_last
+        ((1, 3, 227, 227), 16, torch.channels_last),  # the paper's 227 crops (16 channels: the interpreter's time)
+        ((3, 3, 41, 38), 7, torch.contiguous_format),  # odd sizes: 8 x 7 outputs, 7 channels
+    ],
+    ids=["67", "67-batch-1-channels-last", "227", "odd"],
+)
+def test_conv1_runs_on_the_channel_block_path(x_shape, out_channels, memory_format, launches, device):
+    # conv1 (11x11, stride 4, 3 channels) as a stride-1 convolution of 48-channel blocks: the forward and weight
+    # gradient kernels run their channel-block path (not packed taps), against float64 for the values and every
+    # gradient; the input gradient (never needed by AlexNet) keeps the gather kernel.
+    x = randn(*x_shape, device=device).to(memory_format=memory_format)
+    w = (randn(out_channels, 3, 11, 11, device=device) / 363**0.5).to(memory_format=memory_format)
+    b = randn(out_channels, device=device)
+    out, _ = check_conv2d_relu(x, w, b, 4, 0, 1, torch.float32)
+    assert out.is_contiguous(memory_format=memory_format)
+    if _common.INTERPRET:
+        ran = {launch.kernel: launch.args for launch in launches}
+        assert [launch.kernel for launch in launches] == [
+            "_space_to_depth_kernel", "_conv_fwd_kernel", "_relu_grad_kernel", "_conv_dgrad_gather_kernel",
+            "_space_to_depth_kernel", "_conv_wgrad_kernel",
+        ]  # fmt: skip
+        assert ran["_conv_fwd_kernel"]["C_in_g"] == 48 and ran["_conv_fwd_kernel"]["TAPS"] == 9
+        assert not ran["_conv_fwd_kernel"]["PACKED"] and not ran["_conv_wgrad_kernel"]["PACKED"]
+        assert ran["_conv_wgrad_kernel"]["C_in_g"] == ran["_conv_wgrad_kernel"]["COLUMNS"] == 48
 
 
 # ---- the module --------------------------------------------------------------------------------

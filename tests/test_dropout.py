@@ -28,6 +28,16 @@ def test_dropped_fraction_and_kept_values(p, device):
     assert torch.equal(out[kept], x[kept] * scale(p)), "kept values must be exactly x / (1 - p) in fp32"
 
 
+def test_neighbouring_elements_draw_independent_numbers(device):
+    # Four neighbours share a Philox call, each taking its own of the call's four numbers. Were they to share one
+    # number, they would be kept or dropped together; independent draws at p = 0.5 agree half the time.
+    n = 1 << 20
+    kept = at.dropout(torch.randn(n, device=device), 0.5, seed=2012) != 0
+    agree = (kept[1:] == kept[:-1]).double().mean().item()
+    standard_error = (0.25 / (n - 1)) ** 0.5  # neighbouring pairs' agreements are pairwise independent at p = 0.5
+    assert abs(agree - 0.5) < 5 * standard_error, f"neighbours agree {agree:.5f}, expected 0.5 +- {standard_error:.1e}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_backward_uses_the_forward_mask(dtype, device):
     x = torch.randn(3, 1000, device=device, dtype=dtype, requires_grad=True)

@@ -48,6 +48,7 @@ def test_alexnet_configurations(layer, params, precision, launches, device):
         ((2, 7, 5, 6), 4),  # even window: one more channel before than after
         ((1, 9, 3, 5), 2),
         ((2, 5, 3, 3), 8),  # window wider than the channel count
+        ((2, 19, 3, 4), 11),  # halves of 5 channels: chunks of 8 (a GPU's in bf16)
         ((3, 6, 4, 7), 1),
         ((1, 1, 5, 5), 5),  # one channel
         ((2, 11, 7), 3),  # (N, C, L)
@@ -59,9 +60,16 @@ def test_odd_shapes_and_window_sizes(shape, size, device):
     check_lrn(x, size, 1.5, 0.6, 0.5, TOLERANCE[torch.float32])
 
 
-def test_channels_last_in_and_out(device):
-    x = torch.randn(2, 12, 5, 7, device=device).to(memory_format=torch.channels_last)
-    out, grad = check_lrn(x, **STRONG, tol=TOLERANCE[torch.float32])
+@pytest.mark.parametrize(
+    "channels, size",
+    [
+        (12, 5),
+        (21, 11),  # the window's halves (5) past 4 channels: chunks of 8, a GPU's in bf16; the last chunk partial
+    ],
+)
+def test_channels_last_in_and_out(channels, size, device):
+    x = torch.randn(2, channels, 5, 7, device=device).to(memory_format=torch.channels_last)
+    out, grad = check_lrn(x, **{**STRONG, "size": size}, tol=TOLERANCE[torch.float32])
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert grad.is_contiguous(memory_format=torch.channels_last)
 

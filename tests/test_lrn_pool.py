@@ -42,8 +42,8 @@ def check_lrn_pool(x, lrn, kernel, stride, padding, tol=TOLERANCE[torch.float32]
 
 
 # AlexNet's layers 1 and 2 from the model's table: a tower's channels (48, 128), on a 13 x 13 map (the maps they pool
-# are 55 and 27), which keeps the interpreter quick: a batch of 2 pools to 72 pixels from 338, three programs each
-# way under the tests' tiles.
+# are 55 and 27), which keeps the interpreter quick: a batch of 2 pools to 6 x 6 in 18 items (pairs of output columns x
+# bands of 2 rows) from 98 blocks of 2 x 2 input pixels, three programs or more each way under the tests' tiles.
 TEST_SIDE = 13
 ALEXNET_LAYERS = {
     f"layer{shape.layer.number}": shape.out_channels for shape in layer_shapes() if shape.layer.lrn and shape.layer.pool
@@ -52,16 +52,29 @@ ALEXNET_LAYERS = {
 
 @pytest.mark.parametrize("layer", ALEXNET_LAYERS)
 @pytest.mark.parametrize("lrn", [PAPER_LRN, STRONG], ids=["paper", "strong"])
-def test_alexnet_layers(layer, lrn, precision, launches, device):
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format], ids=["nhwc", "nchw"])
+def test_alexnet_layers(layer, lrn, memory_format, precision, launches, device):
+    # channels_last (a GPU's layout) takes groups of 8 channels a thread, NCHW one channel
     dtype, tol_key = precision
     channels, size = ALEXNET_LAYERS[layer], TEST_SIDE
-    x = torch.randn(2, channels, size, size, device=device, dtype=dtype)
+    x = torch.randn(2, channels, size, size, device=device, dtype=dtype).to(memory_format=memory_format)
     out, grad = check_lrn_pool(x, lrn, *OVERLAPPING_POOL, 0, TOLERANCE[tol_key])
     assert out.shape == (2, channels, (size - 3) // 2 + 1, (size - 3) // 2 + 1)
     if _common.INTERPRET:  # past the first tile: three programs or more each way (AlexNet's channels fill theirs)
         assert [launch.kernel for launch in launches] == ["_lrn_max_pool_fwd_kernel", "_lrn_max_pool_bwd_kernel"]
         assert not uncovered(launches, partial=False), table(launches)
-        assert all(partial for partial in (launches[0].coverage()["pixels"][1], launches[1].coverage()["pixels"][1]))
+        forward, backward = (launch.coverage() for launch in launches)
+        assert forward["column pairs x bands"][1] and backward["pixel blocks"][1], "a partial last program each way"
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_programs_split_every_dimension_with_a_partial_last_one(memory_format, launches, device):
+    # 37 channels: 5 groups of 8, the last of 5 channels, in 3 programs; a 15 x 17 map padded by 1 pools to 8 x 9 (an
+    # odd number of columns: the last pair has one), 4 bands of 2 rows; 8 x 9 blocks of 2 x 2 pixels.
+    x = torch.randn(2, 37, 15, 17, device=device).to(memory_format=memory_format)
+    check_lrn_pool(x, STRONG, 3, 2, 1)
+    if _common.INTERPRET:
+        assert not uncovered(launches), table(launches)
 
 
 @pytest.mark.parametrize(

@@ -242,6 +242,29 @@ def test_towers_are_separate_before_the_exchange(device):
     assert other.conv1.weight.grad is None and other.conv2.weight.grad is None
 
 
+def test_both_towers_conv1_is_one_convolution_on_one_device(device):
+    # conv1_together: one convolution of both towers' kernels, each tower's channels a view of it, equal to each tower's
+    # own conv1 (the same kernels per output channel), with each tower's gradients; None when the towers are apart.
+    model = small_net().to(device).train()
+    images = torch.randn(2, 3, SMALL, SMALL, device=device)
+    together = model.conv1_together(images)
+    assert [t.shape[1] for t in together] == [48, 48]
+    assert together[0].untyped_storage().data_ptr() == together[1].untyped_storage().data_ptr()  # one launch's output
+    for tower, out in zip(model.towers, together, strict=True):
+        torch.testing.assert_close(out, tower.conv1(images), rtol=1e-5, atol=1e-5)
+    grads = [torch.randn_like(t) for t in together]
+    torch.autograd.backward(together, grads)
+    got = [tower.conv1.weight.grad.clone() for tower in model.towers]
+    model.zero_grad()
+    for tower, grad in zip(model.towers, grads, strict=True):
+        tower.conv1(images).backward(grad)
+        assert tower.conv1.weight.grad is not None
+    for tower, weight_grad in zip(model.towers, got, strict=True):
+        torch.testing.assert_close(weight_grad, tower.conv1.weight.grad, rtol=1e-4, atol=1e-4)
+    model.towers[1].to("meta")  # the towers on two devices: each runs its own conv1
+    assert model.conv1_together(images) is None
+
+
 def test_state_dict_is_the_same_for_every_placement():
     keys = small_net().state_dict().keys()
     assert small_net(devices=("cpu", "cpu")).state_dict().keys() == keys

@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 import triton
-from alexnet_triton.kernels import _common, augment, conv, conv_grad, conv_tuning, dropout, lrn, lrn_pool, pool
+from alexnet_triton.kernels import (
+    _common,
+    augment,
+    conv,
+    conv_grad,
+    conv_tuning,
+    dropout,
+    lrn,
+    lrn_pool,
+    pool,
+    space_to_depth,
+)
 from conftest import TILED_TEST_FILES
 from tiles import _TILED, table, uncovered
 
@@ -62,7 +73,7 @@ def test_every_tuned_kernel_says_what_its_programs_share():
     # A new kernel needs a line in tiles._TILED (and its loops in _LOOPS) before its tests can check their coverage.
     kernels = {
         name
-        for module in (augment, conv, conv_grad, dropout, lrn, lrn_pool, pool)
+        for module in (augment, conv, conv_grad, dropout, lrn, lrn_pool, pool, space_to_depth)
         for name, value in vars(module).items()
         if hasattr(value, "gpu_configs")
     }
@@ -90,3 +101,17 @@ def test_crops_run_past_the_first_tile(launches, device):
     assert launch.grid[0] == 2 and not uncovered(launches), table(launches)  # 147 values a crop: 64 + 64 + 19
     assert torch.equal(crops[0], images[0, :7, :7].permute(2, 0, 1).flip(-1).float())
     assert torch.equal(crops[1], images[1, 3:10, 2:9].permute(2, 0, 1).float())
+
+
+def test_rescaled_crops_run_past_the_first_tile(launches, monkeypatch, device):
+    # 20 x 20 images rescaled to 13 x 13, 9 x 9 crops at its far corners: three row blocks, each walking its stored rows
+    # into the ring, and four blocks of a row's 27 values. One program a crop walks every row itself: the same crops.
+    images = torch.randint(0, 256, (2, 20, 20, 3), dtype=torch.uint8, device=device)
+    boxes = torch.tensor([[0, 0, 4, 1], [1, 4, 0, 0]], dtype=torch.int32, device=device)
+    ones, zeros = torch.ones(3, device=device), torch.zeros(3, device=device)
+    args = (images, boxes, torch.zeros(2, 3, device=device), zeros, ones, 9, torch.float32, torch.channels_last)
+    crops = augment.crop_normalize(*args, resize=13)
+    (launch,) = launches
+    assert launch.args["TAPS"] > 0 and launch.grid[1] == 3 and not uncovered(launches), table(launches)
+    monkeypatch.setattr(_common, "TEST_TILES", False)
+    assert torch.equal(crops, augment.crop_normalize(*args, resize=13)), "the row walk's tiles change the crops"

@@ -93,12 +93,22 @@ _TILED = {
     },
     "_lrn_fwd_kernel": lambda a: {"pixels": (a["P"], a["BLOCK_S"])},
     "_lrn_bwd_kernel": lambda a: {"pixels": (a["P"], a["BLOCK_S"])},
-    "_max_pool_fwd_kernel": lambda a: {"elements": (a["TOTAL"], a["BLOCK"])},
-    "_max_pool_bwd_kernel": lambda a: {"elements": (a["TOTAL"], a["BLOCK"])},
-    "_lrn_max_pool_fwd_kernel": lambda a: {"pixels": (a["P"], a["BLOCK_S"]), "channels": (a["C"], a["BLOCK_C"])},
-    "_lrn_max_pool_bwd_kernel": lambda a: {"pixels": (a["P"], a["BLOCK_S"])},
+    "_max_pool_fwd_kernel": lambda a: {"pixels": (a["P"], a["BLOCK_P"]), "channels": (a["C"], a["BLOCK_C"])},
+    "_max_pool_bwd_kernel": lambda a: {"cells": (a["P"], a["BLOCK_P"]), "channels": (a["C"], a["BLOCK_C"])},
+    "_lrn_max_pool_fwd_kernel": lambda a: {
+        "column pairs x bands": (a["ITEMS"], a["BLOCK_P"]),
+        "channel groups": (triton.cdiv(a["C"], a["VEC"]), a["BLOCK_G"]),
+    },
+    "_lrn_max_pool_bwd_kernel": lambda a: {
+        "pixel blocks": (a["ITEMS"], a["BLOCK_P"]),
+        "channel groups": (triton.cdiv(a["C"], a["VEC"]), a["BLOCK_G"]),
+    },
     "_dropout_kernel": lambda a: {"elements": (a["numel"], a["BLOCK"])},
-    "_crop_normalize_kernel": lambda a: {"elements of a crop": (3 * a["size"] * a["size"], a["BLOCK"])},
+    "_space_to_depth_kernel": lambda a: {"blocked columns": (a["BW"], a["BLOCK_W"])},
+    "_crop_normalize_kernel": lambda a: {
+        "rows": (a["size"], a["ROWS"]),
+        "values of a row": (3 * a["size"], a["BLOCK"]),
+    },
 }
 
 # Per kernel: the loops of one program, (extent, step) from its arguments (the GEMM kernels' reductions are also
@@ -108,9 +118,10 @@ _LOOPS = {
     "_conv_wgrad_kernel": lambda a: {"pixels of a split": (a["PIXELS_PER_SPLIT"], a["BLOCK_K"])},
     "_conv_dgrad_gather_kernel": lambda a: {"reduction": (a["GEMM_K"], a["BLOCK_K"])},
     "_relu_grad_kernel": lambda a: {"pixels of a program": (a["PIXELS_PER_PROGRAM"], a["BLOCK_P"])},
-    "_lrn_fwd_kernel": lambda a: {"channel walk": (a["C"] + (a["SIZE"] - 1) // 2, 1)},
-    "_lrn_bwd_kernel": lambda a: {"channel walk": (a["C"] + a["SIZE"] - 1, 1)},
-    "_lrn_max_pool_bwd_kernel": lambda a: {"channel walk": (a["C"] + a["SIZE"] - 1, 1)},
+    "_lrn_fwd_kernel": lambda a: {"channel walk": (a["C"], a["CH"])},
+    "_lrn_bwd_kernel": lambda a: {"channel walk": (a["C"] + a["CH"], a["CH"])},
+    "_crop_normalize_kernel": lambda a: {"rows a program walks": (a["ROWS"], 1)} if a["TAPS"] else {},
+    "_lrn_max_pool_fwd_kernel": lambda a: {"band rows": (a["ROWS"], 1)},
 }
 
 # The grid axis of a split reduction.
