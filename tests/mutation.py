@@ -413,6 +413,24 @@ MUTANTS = [
         LRN_POOL,
         "with an even LRN window the pooled gradients of the group's neighbours are read one channel off",
     ),
+    # ---- kernels/space_to_depth.py ----
+    Mutant(
+        "space-to-depth-row-block-unscaled",
+        "kernels/space_to_depth.py",
+        "    row = bh * SH + dy  # in the padded image\n",
+        "    row = bh + dy  # in the padded image\n",
+        SPACE_TO_DEPTH,
+        "conv1's blocks overlap: every blocked row but the first reads the image's rows from the wrong place",
+        fast=True,
+    ),
+    Mutant(
+        "space-to-depth-reads-unread-columns",
+        "kernels/space_to_depth.py",
+        " & (column < COLUMNS)\n",
+        "\n",
+        SPACE_TO_DEPTH,
+        "columns no window reads (floor mode) are copied instead of zeroed: an inf there makes NaN through a zero tap",
+    ),
     # ---- kernels/dropout.py ----
     Mutant(
         "dropout-mask-repeats-per-block",
