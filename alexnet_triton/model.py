@@ -282,17 +282,21 @@ class AlexNet(nn.Module):
 
     def conv1_together(self, images: Tensor) -> list[Tensor] | None:
         """Both towers' conv1 as one convolution of their 96 kernels, each tower's 48 channels of it as a view; None
-        unless two towers share a device. Both read the same image: one launch cuts it into blocks once
-        (kernels/space_to_depth.py, forward and weight gradient), and 96 output channels fill the conv kernels' 128-wide
-        tiles, which 48 leave with the 64-wide ones (issue bound 0.59 forward, 0.41 weight gradient in bf16, against
-        1.00 and 0.67 together: bench/results/census-sm90.md). The price: the backward joins the towers' conv1
-        gradients into one tensor (a copy of 2 x 37 MB at batch 128 in bf16), about what the second blocking saves."""
+        unless two towers share a device (or a conv1 is hooked or replaced). Both read the same image: one launch cuts
+        it into blocks once (kernels/space_to_depth.py, forward and weight gradient), and 96 output channels fill the
+        conv kernels' 128-wide tiles, which 48 leave with the 64-wide ones (issue bound 0.59 forward, 0.41 weight
+        gradient in bf16, against 1.00 and 0.64 together: bench/results/census-sm90.md). The price: the backward joins
+        the towers' conv1 gradients into one tensor (a copy of 2 x 37 MB at batch 128 in bf16), about what the second
+        blocking saves."""
         if len(self.towers) != 2:
             return None
         # The parameters' own devices: under torch.fx tracing `tower.device` is a new Proxy at every access.
         if len({next(tower.parameters()).device for tower in self.towers}) != 1:
             return None
         convs = [tower.conv1 for tower in self.towers]
+        # A hooked or replaced conv1 runs as its module: a joint call would skip what the module does.
+        if any(type(conv) is not fused.Conv2dReLU or conv._forward_hooks or conv._forward_pre_hooks for conv in convs):
+            return None
         weight, bias = torch.cat([conv.weight for conv in convs]), torch.cat([conv.bias for conv in convs])
         first = convs[0]
         out = at_functional.conv2d_relu(images, weight, bias, first.stride, first.padding, first.groups)

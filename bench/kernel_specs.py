@@ -228,7 +228,8 @@ def lrn_pool_bwd_meta(dtype: str) -> list[dict]:
     for meta in lrn_pool_fwd_meta(dtype):
         layout = "c" if meta.pop("stride_x_c", None) == 1 else "w"
         meta = {name: value for name, value in meta.items() if not name.startswith("stride_")}
-        variants.append({**meta, **{f"stride_{t}_{layout}": 1 for t in ("x", "grad", "pos", "dx")}})
+        strides = {f"stride_{t}_{layout}": 1 for t in ("x", "grad", "pos", "dx")}
+        variants.append({**meta, **strides, "VANISHING_SCALE": False})  # AlexNet's k = 2
     return variants
 
 

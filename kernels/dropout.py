@@ -60,7 +60,7 @@ def _dropout_kernel(
     BLOCK: tl.constexpr,
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # past 2^31 in the last block of MAX_ELEMENTS
     mask = offs < numel
     # Counter g draws the numbers of elements 4g .. 4g + 3: a [BLOCK / 4, 4] tile of them, read in memory order.
     counters = tl.program_id(0) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)

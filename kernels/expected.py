@@ -501,6 +501,11 @@ def space_to_depth_weight(weight: torch.Tensor, stride) -> torch.Tensor:
 
 
 def space_to_depth(x, kernel, stride, padding, out, *, results) -> Within:
-    """The blocked input, exactly: a copy."""
-    value = space_to_depth_reference(x, kernel, stride, padding, out)
-    return Within(results, [Whole("blocked input", value, torch.zeros((), device=x.device))])
+    """The blocked input, exactly (a copy), a slice of the batch at a time."""
+
+    def reference(rows, got):
+        value = space_to_depth_reference(x[rows], kernel, stride, padding, out)
+        return got, value, torch.zeros((), device=x.device)
+
+    per_image = x[0].numel() * 2 * stride[0] * stride[1]  # the blocked image: about the image, padded
+    return Within(results, [PerImage("blocked input", reference, x.shape[0], per_image)])

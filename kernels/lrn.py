@@ -250,7 +250,8 @@ def _lrn_bwd_kernel(
         direct_cur = ()
         for i in tl.static_range(CH):
             log_scale = _log2(k + alpha_over_size * sums[i], FAST_LOG2)
-            t_cur += (g_cur[i] * x_cur[i] * tl.exp2((-beta - 1.0) * log_scale),)  # 0 past C, where g is
+            # 0 past C (where g and x are 0, and with k = 0 the scale: 0 x inf there would be NaN)
+            t_cur += (tl.where(c0 + i < C, g_cur[i] * x_cur[i] * tl.exp2((-beta - 1.0) * log_scale), 0.0),)
             direct_cur += (g_cur[i] * tl.exp2(-beta * log_scale),)
         # Chunk j - 1's gradient: its t window [i - HI, i + LO] reaches chunks j - 2 and j.
         t_sums = _window_sums(t_before2, t_before, t_cur, HI, LO, CH)

@@ -399,10 +399,13 @@ def _lrn_max_pool_bwd_kernel(
     stride_dx_n, stride_dx_c, stride_dx_h, stride_dx_w,
     # LRN parameters
     alpha_over_size, beta, k, two_alpha_beta_over_size,
-    # meta-parameters: the LRN window, the pool window, channels per thread, the tile, the log2
+    # meta-parameters: the LRN window, the pool window, channels per thread, the tile, the log2; VANISHING_SCALE:
+    # k <= 0, so a channel past the edges (x and g 0 there) may have a scale of 0 or below, whose 0 x inf or NaN must
+    # not reach its neighbours (with k > 0, AlexNet's, it cannot: no mask)
     SIZE: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     VEC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr, FAST_LOG2: tl.constexpr,
+    VANISHING_SCALE: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     P: tl.constexpr = BLOCK_P
@@ -466,7 +469,10 @@ def _lrn_max_pool_bwd_kernel(
             for t in tl.static_range(T):
                 scale = k + alpha_over_size * sums[t]
                 g_power = g[t] * tl.exp2((-beta - 1.0) * _log2(scale, FAST_LOG2))
-                ratios = ratios + (g_power * x[t + LO],)
+                ratio = g_power * x[t + LO]
+                if VANISHING_SCALE:  # 0 outside the channels, where g and x are 0 and the scale k may be 0 or below
+                    ratio = tl.where((cg - HI + t < 0) | (cg - HI + t >= C), 0.0, ratio)
+                ratios = ratios + (ratio,)
                 if t >= HI and t < HI + VEC:
                     direct = direct + (g_power * scale,)
             dx = ()
@@ -582,5 +588,6 @@ def lrn_max_pool_backward(
         *x.stride(), *grad_out.stride(), *pos.stride(), *dx.stride(),
         alpha / size, beta, k, 2.0 * alpha * beta / size,
         SIZE=size, **_window_meta(kernel, stride, padding), VEC=vec, FAST_LOG2=_fast_log2(x),
+        VANISHING_SCALE=k <= 0,
     )
     return dx

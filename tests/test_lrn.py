@@ -137,3 +137,17 @@ def test_bad_arguments_name_the_argument(kwargs, error, match):
 def test_module_refuses_bad_arguments_at_construction(kwargs, error, match):
     with pytest.raises(error, match=match):
         at.nn.LocalResponseNorm(**kwargs)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_k_zero_with_zero_edge_channels_stays_finite(memory_format, device):
+    # k = 0 and a zero channel at each edge: every in-range scale is positive (a neighbour is not zero), so PyTorch's
+    # gradient is finite; the channels past the edges have a zero scale, and must add nothing (not 0 x inf).
+    x = (torch.rand(2, 10, 5, 5, device=device, dtype=torch.float64) + 0.5).to(memory_format=memory_format)
+    x[:, 0] = x[:, -1] = 0.0
+    x.requires_grad_(True)
+    grad = torch.randn(2, 10, 5, 5, device=device, dtype=torch.float64)
+    (got,) = torch.autograd.grad(at.local_response_norm(x, 5, alpha=1e-2, beta=0.75, k=0.0), x, grad)
+    (want,) = torch.autograd.grad(F.local_response_norm(x, 5, alpha=1e-2, beta=0.75, k=0.0), x, grad)
+    assert want.isfinite().all() and got.isfinite().all()
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

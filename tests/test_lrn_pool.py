@@ -217,3 +217,17 @@ def test_module_refuses_bad_arguments_at_construction(args, kwargs, error, match
 def test_bad_arguments_name_the_argument(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         at.lrn_max_pool2d(*args, **kwargs)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_k_zero_with_zero_edge_channels_stays_finite(memory_format, device):
+    # As tests/test_lrn.py's: k = 0, a zero channel at each edge; the channels past the edges must add nothing.
+    x = (torch.rand(2, 10, 7, 7, device=device, dtype=torch.float64) + 0.5).to(memory_format=memory_format)
+    x[:, 0] = x[:, -1] = 0.0
+    x.requires_grad_(True)
+    got = at.lrn_max_pool2d(x, 5, 3, 2, alpha=1e-2, beta=0.75, k=0.0)
+    want = F.max_pool2d(F.local_response_norm(x, 5, alpha=1e-2, beta=0.75, k=0.0), 3, 2)
+    grad = torch.randn_like(want)
+    (got_grad,), (want_grad,) = torch.autograd.grad(got, x, grad), torch.autograd.grad(want, x, grad)
+    assert want_grad.isfinite().all() and got_grad.isfinite().all()
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-9, atol=1e-12)

@@ -261,6 +261,9 @@ def test_both_towers_conv1_is_one_convolution_on_one_device(device):
         assert tower.conv1.weight.grad is not None
     for tower, weight_grad in zip(model.towers, got, strict=True):
         torch.testing.assert_close(weight_grad, tower.conv1.weight.grad, rtol=1e-4, atol=1e-4)
+    handle = model.towers[0].conv1.register_forward_pre_hook(lambda module, inputs: None)
+    assert model.conv1_together(images) is None  # a hooked conv1 runs as its module, hooks and all
+    handle.remove()
     model.towers[1].to("meta")  # the towers on two devices: each runs its own conv1
     assert model.conv1_together(images) is None
 
