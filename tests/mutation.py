@@ -460,8 +460,8 @@ MUTANTS = [
     Mutant(
         "dropout-block-unscaled",
         "kernels/dropout.py",
-        "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)\n",
-        "    offs = tl.program_id(0) + tl.arange(0, BLOCK)\n",
+        "    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
+        "    offs = tl.program_id(0).to(tl.int64) + tl.arange(0, BLOCK)",
         DROPOUT,
         "programs overlap the first block and the elements past it are never written",
     ),

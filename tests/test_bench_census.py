@@ -109,8 +109,8 @@ for run, first_step, first_batch, figure, dropped, unpadded in (
     assert "_lrn_fwd_kernel" not in step.added  # LRN is fused with the pool at layers 1 and 2
     assert ("_crop_normalize_kernel" in step.added) == run.crops_on_gpu, step.added
     assert batch.added.get("_crop_normalize_kernel", (0, 0)) == (0, 0)  # the centre crop: the training crop's kernel
-    assert set(batch.added) <= {"_crop_normalize_kernel", "_conv_fwd_kernel", "_lrn_max_pool_fwd_kernel",
-                                "_max_pool_fwd_kernel"}, batch.added  # evaluation: forward only, no dropout
+    assert set(batch.added) <= {"_crop_normalize_kernel", "_space_to_depth_kernel", "_conv_fwd_kernel",
+                                "_lrn_max_pool_fwd_kernel", "_max_pool_fwd_kernel"}, batch.added  # forward only
     report = first_epoch_report(run, phases)
     assert report[-1] == "compiles only in the first training step and the first evaluation batch: yes", report
 assert IMAGENET.eval_batch == 511 and IMAGENET.last_eval == 433 and IMAGENET.dropped == 15
