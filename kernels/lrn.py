@@ -268,6 +268,12 @@ def _lrn_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
+def fast_log2(x: torch.Tensor) -> bool:
+    """Whether the kernels take the GPU's approximate log2 (_log2): compiled, for fp16 / bf16 / fp32; the interpreter
+    has no libdevice, and fp64 keeps the exact one."""
+    return not _common.INTERPRET and x.dtype != torch.float64
+
+
 def _walk_meta(size: int, x: torch.Tensor, *tensors: torch.Tensor) -> dict:
     """The window, the channels a trip takes (16 bytes of x's, and at least each half of the window), whether every
     tensor's channels are contiguous (channels_last: one vector load or store a chunk), and the log2."""
@@ -276,7 +282,7 @@ def _walk_meta(size: int, x: torch.Tensor, *tensors: torch.Tensor) -> dict:
         "SIZE": size,
         "CH": max(16 // x.element_size(), need),
         "CHANNELS_LAST": all(t.stride(1) == 1 for t in (x, *tensors)),
-        "FAST_LOG2": not _common.INTERPRET and x.dtype != torch.float64,
+        "FAST_LOG2": fast_log2(x),
     }
 
 

@@ -54,9 +54,9 @@ register rings issued about 135 / 81 us, 0.19 / 0.21). Static figures: nothing h
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from . import _common, autotune, expected
+from .lrn import _log2, fast_log2
 
 # ---------------------------------------------------------------------------------------------
 # Constants
@@ -157,15 +157,6 @@ def _pack(values, P: tl.constexpr, G: tl.constexpr, N: tl.constexpr):
             evens = evens + (values[2 * i],)
             odds = odds + (values[2 * i + 1],)
         return tl.reshape(tl.join(_pack(evens, P, G, N // 2), _pack(odds, P, G, N // 2)), (P, G, N))
-
-
-@triton.jit
-def _log2(x, FAST: tl.constexpr):
-    """log2 of the scale (> 0): the GPU's approximate instruction where FAST, else exact."""
-    if FAST:
-        return libdevice.fast_log2f(x)
-    else:
-        return tl.log2(x)
 
 
 @triton.jit
@@ -503,11 +494,6 @@ def _band_rows(OH: int) -> int:
     return _common.cdiv(OH, _common.cdiv(OH, most))
 
 
-def _fast_log2(x: torch.Tensor) -> bool:
-    """The approximate log2 compiles for fp16 / bf16 / fp32 on a GPU; the interpreter has no libdevice."""
-    return not _common.INTERPRET and x.dtype != torch.float64
-
-
 @_common.bf16_in_fp32_under_interpreter
 def lrn_max_pool_forward(
     x: torch.Tensor,
@@ -544,7 +530,7 @@ def lrn_max_pool_forward(
         C, N * bands * pairs, H, W, OH, OW, rows, bands, pairs,
         *x.stride(), *out.stride(),
         alpha / size, beta, k,
-        SIZE=size, **_window_meta(kernel, stride, padding), VEC=vec, FAST_LOG2=_fast_log2(x),
+        SIZE=size, **_window_meta(kernel, stride, padding), VEC=vec, FAST_LOG2=fast_log2(x),
     )
     return out, pos
 
@@ -587,7 +573,7 @@ def lrn_max_pool_backward(
         C, N * bh * bw, H, W, OH, OW, bh, bw,
         *x.stride(), *grad_out.stride(), *pos.stride(), *dx.stride(),
         alpha / size, beta, k, 2.0 * alpha * beta / size,
-        SIZE=size, **_window_meta(kernel, stride, padding), VEC=vec, FAST_LOG2=_fast_log2(x),
+        SIZE=size, **_window_meta(kernel, stride, padding), VEC=vec, FAST_LOG2=fast_log2(x),
         VANISHING_SCALE=k <= 0,
     )
     return dx
