@@ -284,8 +284,8 @@ class AlexNet(nn.Module):
         """Both towers' conv1 as one convolution of their 96 kernels, each tower's 48 channels of it as a view; None
         unless two towers share a device (or a conv1 is hooked or replaced). Both read the same image: one launch cuts
         it into blocks once (kernels/space_to_depth.py, forward and weight gradient), and 96 output channels fill the
-        conv kernels' 128-wide tiles, which 48 leave with the 64-wide ones (issue bound 0.59 forward, 0.41 weight
-        gradient in bf16, against 1.00 and 0.64 together: bench/results/census-sm90.md). The price: the backward joins
+        conv kernels' 128-wide tiles, which 48 leave with the 64-wide ones (issue bound 0.59 forward, 0.50 weight
+        gradient in bf16, against 1.00 and 1.00 together: bench/results/census-sm90.md). The price: the backward joins
         the towers' conv1 gradients into one tensor (a copy of 2 x 37 MB at batch 128 in bf16), about what the second
         blocking saves."""
         if len(self.towers) != 2:

@@ -699,7 +699,7 @@ def conv1_launches(dtype: str, *, batch: int = 128, sms: int = 132) -> dict[str,
 # conv1's roles: the kernel, the constexprs that name its variant in the census.
 CONV1_ROLES = [
     ("conv1 forward", "conv._conv_fwd_kernel", ("HAS_BIAS", "RELU", "PACKED", "SPLITS", "TF32")),
-    ("conv1 weight gradient", "conv_grad._conv_wgrad_kernel", ("PACKED", "TF32")),
+    ("conv1 weight gradient", "conv_grad._conv_wgrad_kernel", ("PACKED", "INSIDE", "TF32")),
 ]
 
 
@@ -740,7 +740,8 @@ def conv1_goals(rows: list[Row]) -> list[str]:
                 continue
             words = _variant_flags(named, flags)
             shape = f"{named['C_out_g']} x {named['C_in_g']} channels"
-            mismatch = _compiled_as_launched(SPEC_BY_NAME[kernel], named, {"PACKED": named["PACKED"]})
+            variant_meta = {flag: named[flag] for flag in ("PACKED", "INSIDE") if flag in named}
+            mismatch = _compiled_as_launched(SPEC_BY_NAME[kernel], named, variant_meta)
             candidates = [
                 row
                 for row in rows

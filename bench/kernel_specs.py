@@ -109,13 +109,15 @@ def with_tf32(dtype: str, **meta) -> list[dict]:
     return [{**meta, "TF32": True}, {**meta, "TF32": False}] if dtype == "fp32" else [{**meta, "TF32": False}]
 
 
-def conv_configs(lists: dict, packed_lists: dict | None = None) -> Callable[[str, dict], list[triton.Config]]:
+def conv_configs(
+    lists: dict, packed_lists: dict | None = None, gathers: Callable[[dict], bool] = lambda meta: meta["PACKED"]
+) -> Callable[[str, dict], list[triton.Config]]:
     """A conv kernel's configs for a dtype and variant: its list for the precision tl.dot runs in (from packed_lists
-    for a PACKED variant, if given)."""
+    for a variant that gathers each element on its own, if given: by default a PACKED one)."""
 
     def configs_for(dtype: str, meta: dict) -> list[triton.Config]:
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
-        chosen = packed_lists if packed_lists is not None and meta.get("PACKED") else lists
+        chosen = packed_lists if packed_lists is not None and gathers(meta) else lists
         return chosen[conv_tuning.precision_class(dtypes[dtype], meta.get("TF32", False))]
 
     return configs_for
@@ -163,8 +165,9 @@ CONV_WGRAD_DIVISIBLE = (
 
 
 def conv_wgrad_divisible(meta: dict) -> tuple[str, ...]:
-    """conv1's (packed) leaves the output channels and the gradient's pixel stride."""
-    return ("C_out_g", "stride_grad_pixel") if meta["PACKED"] else CONV_WGRAD_DIVISIBLE
+    """Narrow channels packed leave the output channels and the gradient's pixel stride; conv1 blocked (INSIDE: 48
+    channels) leaves them all."""
+    return ("C_out_g", "stride_grad_pixel") if conv_tuning.wgrad_gathers(meta) else CONV_WGRAD_DIVISIBLE
 
 
 def lrn_meta(tensors: tuple[str, ...]) -> Callable[[str], list[dict]]:
@@ -366,16 +369,22 @@ SPECS = [
     ),
     KernelSpec(
         conv_grad._conv_wgrad_kernel,
-        lambda dtype: [
+        lambda dtype: [  # conv2-5 (a tap's channels), narrow channels packed, conv1 blocked (packed INSIDE)
             variant
-            for packed in (False, True)
+            for packed, inside in ((False, False), (True, False), (True, True))
             for variant in with_tf32(
-                dtype, PACKED=packed, stride_grad_c=1, stride_x_c=1, stride_dw_cin=1, stride_partial_dw_cin=1
+                dtype,
+                PACKED=packed,
+                INSIDE=inside,
+                stride_grad_c=1,
+                stride_x_c=1,
+                stride_dw_cin=1,
+                stride_partial_dw_cin=1,
             )
         ],
         pointers={"partial_dw_ptr": "*acc", "arrivals_ptr": "*i32"},
         uses_dot=True,
-        configs_for=conv_configs(conv_tuning.WGRAD_CONFIGS, conv_tuning.WGRAD_PACKED_CONFIGS),
+        configs_for=conv_configs(conv_tuning.WGRAD_CONFIGS, conv_tuning.WGRAD_PACKED_CONFIGS, conv_tuning.wgrad_gathers),
         divisible=conv_wgrad_divisible,
     ),
     KernelSpec(

@@ -168,10 +168,14 @@ def _conv_dgrad_gather_kernel(
 
 @autotune.tuned(
     tuning.TUNED_CONFIGS["_conv_wgrad_kernel"],
-    ["C_out_g", "COLUMNS", "KW", "PIXELS_PER_SPLIT", "PACKED", "TF32", "stride_x_c"],
+    ["C_out_g", "COLUMNS", "KW", "PIXELS_PER_SPLIT", "PACKED", "INSIDE", "TF32", "stride_x_c"],
     tuning.interpreter_wgrad_blocks,
     prune=tuning.prune(
-        tuning.WGRAD_CONFIGS, "x_ptr", {"BLOCK_M": "C_out_g", "BLOCK_N": "COLUMNS"}, tuning.WGRAD_PACKED_CONFIGS
+        tuning.WGRAD_CONFIGS,
+        "x_ptr",
+        {"BLOCK_M": "C_out_g", "BLOCK_N": "COLUMNS"},
+        tuning.WGRAD_PACKED_CONFIGS,
+        gathers=tuning.wgrad_gathers,
     ),
     checked=["dw_ptr"],
 )
@@ -192,8 +196,11 @@ def _conv_wgrad_kernel(
     stride_dw_cout, stride_dw_kh, stride_dw_kw, stride_dw_cin,
     stride_partial_dw_split, stride_partial_dw_cout, stride_partial_dw_kh, stride_partial_dw_kw,
     stride_partial_dw_cin,
-    # meta-parameters; PACKED: narrow channels, whose columns are (tap, channel) pairs (see tuning.PACK_CHANNELS_BELOW)
-    PACKED: tl.constexpr, TF32: tl.constexpr,
+    # meta-parameters; PACKED: the columns are (tap, channel) pairs of every tap: narrow channels (see
+    # tuning.PACK_CHANNELS_BELOW), each element with its own address and bounds, or with INSIDE a convolution whose
+    # windows all lie in the image (stride 1, no padding) and whose channels are dense runs of 16 (conv1 blocked: 3x3
+    # taps of 48), so that its 432 columns fill 128-wide tiles without bounds, loaded 16 channels at a time
+    PACKED: tl.constexpr, INSIDE: tl.constexpr, TF32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     ACC_DTYPE: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -221,9 +228,16 @@ def _conv_wgrad_kernel(
     kw = tap - kh * KW
     co = group * C_out_g + offs_m
     g_cols = grad_ptr + co.to(tl.int64) * stride_grad_c  # [BLOCK_M]
-    x_cols = (  # [BLOCK_N]: each column's channel and tap offset
-        x_ptr + (group * C_in_g + ci).to(tl.int64) * stride_x_c + kh * stride_x_h + kw * stride_x_w
-    )
+    x_offsets = kh * stride_x_h + kw * stride_x_w  # [BLOCK_N] (or a scalar tap's): each column's tap offset
+    if INSIDE:
+        tl.static_assert(PACKED, "INSIDE lays out PACKED columns")
+        tl.static_assert(stride_x_c == 1, "INSIDE's runs are channels one after another")
+        # A run of 16 columns never straddles a tap (C_in_g and the strides are multiples of 16): tell the compiler,
+        # which cannot see through the division by C_in_g, so that it loads each run as whole 16-byte vectors.
+        x_offsets = tl.max_contiguous(tl.multiple_of(x_offsets + group * C_in_g + ci, 16), 16)
+        x_cols = x_ptr + x_offsets
+    else:
+        x_cols = x_ptr + (group * C_in_g + ci).to(tl.int64) * stride_x_c + x_offsets
 
     # Each of the BLOCK_K pixel lanes keeps its (n, oh, ow) and steps it by BLOCK_K pixels per trip with
     # carries, so the loop divides nothing.
@@ -247,7 +261,9 @@ def _conv_wgrad_kernel(
         )
         ih0 = oh * conv_stride_h - pad_h  # the window's corner of each pixel lane
         iw0 = ow * conv_stride_w - pad_w
-        if PACKED:  # per lane and column: ih0 + kh in [0, H), iw0 + kw in [0, W)
+        if INSIDE:  # every window in the image: only the batch's end and the columns' mask
+            in_image = mask_p[:, None] & mask_n[None, :]
+        elif PACKED:  # per lane and column: ih0 + kh in [0, H), iw0 + kw in [0, W)
             in_image = (
                 ((kh[None, :] >= -ih0[:, None]) & (kh[None, :] < (H - ih0)[:, None]))
                 & ((kw[None, :] >= -iw0[:, None]) & (kw[None, :] < (W - iw0)[:, None]))
@@ -452,7 +468,9 @@ def weight_grad(
         dw_strides = (written.stride(0), written.stride(2), written.stride(3), written.stride(1))
     channels = x.shape[1] // groups
     taps = kernel[0] * kernel[1]
-    packed = channels < tuning.PACK_CHANNELS_BELOW  # then one program's columns are (tap, channel) pairs of every tap
+    inside = tuning.wgrad_inside(channels, taps, conv_stride, conv_padding, x.stride())
+    # then one program's columns are (tap, channel) pairs of every tap
+    packed = channels < tuning.PACK_CHANNELS_BELOW or inside
     columns = taps * channels if packed else channels
     pixels = N * OH * OW
     tiles = _common.cdiv(C_out_g, 64) * _common.cdiv(taps * channels, 64) * groups
@@ -493,6 +511,7 @@ def weight_grad(
         *dw_strides,
         *partial_strides,
         PACKED=packed,
+        INSIDE=inside,
         TF32=tf32,
     )
     if written is not dw:

@@ -83,6 +83,27 @@ GATHER_CONFIGS = {
     "tf32": [_config(64, 64, 16, 4, 2)],
     "exact": [_config(32, 32, 16, 4, 2)],
 }
+# Packed columns without bounds (the weight gradient's INSIDE): a stride-1 convolution without padding, whose windows
+# all lie in the image, of channels in runs of 16 (with the strides between taps) that a tap's columns would leave
+# short of a 128-wide tile. Its (tap, channel) columns then load like a channel block's, 16 at a time, and take the
+# channel-block configs: conv1 blocked (3x3 taps of 48 channels), whose per-tap columns fit only 64-wide tiles (census,
+# bf16: bound 0.64), runs 432 columns in 128-wide tiles, 84% of them used.
+WGRAD_INSIDE_BELOW = 128
+
+
+def wgrad_inside(channels: int, taps: int, stride: tuple, padding: tuple, x_strides: tuple) -> bool:
+    """Whether a weight-gradient launch packs its columns INSIDE (see WGRAD_INSIDE_BELOW); x_strides: the input's, its
+    channels dense."""
+    runs = channels % 16 == 0 and x_strides[1] == 1 and x_strides[2] % 16 == 0 and x_strides[3] % 16 == 0
+    whole = tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+    return runs and whole and taps > 1 and channels < WGRAD_INSIDE_BELOW
+
+
+def wgrad_gathers(args: dict) -> bool:
+    """Whether a weight-gradient launch gathers each element on its own (the packed configs): PACKED, not INSIDE."""
+    return args["PACKED"] and not args["INSIDE"]
+
+
 # ReLU's mask is elementwise and memory-bound: a pixel block by a channel block, channels contiguous. One config, not
 # tuned: each program also sums its pixels' gradients for the bias, and that sum's order follows BLOCK_P (one block
 # after another, a tree within each), so candidates tuned per key would make the bias gradient differ bit for bit
@@ -121,13 +142,14 @@ def _fitting(configs: list[triton.Config], block: str, size: int) -> list[triton
     return [c for c in configs if fit // 4 < c.kwargs[block] <= fit]
 
 
-def prune(class_configs: dict, pointer: str, extents: dict, packed_configs: dict | None = None):
-    """An early_config_prune for _common.tuned: the launch's precision class (from packed_configs for a PACKED
-    launch, if given), then each block fitted to its extent (block -> the argument's name, or a function of the
-    arguments)."""
+def prune(class_configs: dict, pointer: str, extents: dict, packed_configs: dict | None = None, gathers=None):
+    """An early_config_prune for _common.tuned: the launch's precision class (from packed_configs for a launch that
+    gathers each element on its own, if given: gathers(args), by default a PACKED one), then each block fitted to its
+    extent (block -> the argument's name, or a function of the arguments)."""
+    gathers = gathers or (lambda args: args["PACKED"])
 
     def prune(configs: list[triton.Config], args: dict) -> list[triton.Config]:
-        lists = packed_configs if packed_configs is not None and args["PACKED"] else class_configs
+        lists = packed_configs if packed_configs is not None and gathers(args) else class_configs
         wanted = lists[precision_class(args[pointer].dtype, args["TF32"])]
         kept = [c for c in configs if c in wanted]
         for block, extent in extents.items():

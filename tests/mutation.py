@@ -196,6 +196,14 @@ MUTANTS = [
         "each tile index is taken modulo the other's tile count: tiles are left undone where the two counts differ",
     ),
     Mutant(
+        "wgrad-inside-columns-of-group-0",
+        "kernels/conv_grad.py",
+        "x_offsets = tl.max_contiguous(tl.multiple_of(x_offsets + group * C_in_g + ci, 16), 16)",
+        "x_offsets = tl.max_contiguous(tl.multiple_of(x_offsets + ci, 16), 16)",
+        CONV,
+        "packed columns without bounds (conv1 blocked) read the first group's channels for every group",
+    ),
+    Mutant(
         "dgrad-gather-padding-sign",
         "kernels/conv_grad.py",
         "        th = ih[:, None] + pad_h - kh[None, :]\n",

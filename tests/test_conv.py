@@ -508,6 +508,43 @@ def test_packed_taps_and_channel_blocks_agree_with_the_reference(pack_below, mon
     check_conv2d_relu(x, w, b, (2, 3), 1, 2, torch.float32)
 
 
+@pytest.mark.parametrize(
+    "x_shape, w_shape, padding, groups, inside",
+    [
+        ((2, 32, 7, 6), (72, 16, 3, 3), 0, 2, True),  # 144 columns a group, tiles across taps
+        ((3, 32, 5, 8), (36, 32, 1, 5), 0, 1, True),  # a row of taps
+        ((2, 32, 7, 6), (24, 16, 3, 3), 1, 2, False),  # padded: windows leave the image, a tap's channels a block
+        ((2, 24, 7, 6), (20, 24, 3, 3), 0, 1, False),  # 24 channels: not runs of 16
+    ],
+    ids=["inside-groups", "inside-row-of-taps", "padded", "channels-not-runs-of-16"],
+)
+def test_weight_gradient_packs_the_taps_of_a_convolution_inside_its_image(
+    x_shape, w_shape, padding, groups, inside, launches, device
+):
+    # A stride-1 convolution without padding, of channels in runs of 16, packs its weight gradient's (tap, channel)
+    # columns without bounds (INSIDE: conv1 blocked); column tiles that straddle taps, against float64.
+    x, w, b = randn(*x_shape, device=device), randn(*w_shape, device=device), randn(w_shape[0], device=device)
+    check_conv2d_relu(x, w, b, 1, padding, groups, torch.float32)
+    if _common.INTERPRET:
+        ran = {launch.kernel: launch for launch in launches}["_conv_wgrad_kernel"]
+        assert ran.args["INSIDE"] is inside and ran.args["PACKED"] is inside
+        taps = w_shape[2] * w_shape[3]
+        assert ran.args["COLUMNS"] == (taps if inside else 1) * w_shape[1]
+        if inside:  # three tiles or more each way (a tap's 16 or 24 columns are one)
+            assert not uncovered([ran]), table([ran])
+
+
+def test_weight_gradient_packs_inside_only_runs_of_16_channels():
+    # A tap's channels load 16 at a time only where the strides between taps keep each run aligned.
+    dense = (9 * 48, 1, 7 * 48, 48)  # strides of a channels_last [N, 48, H, 7]
+    assert conv_tuning.wgrad_inside(48, 9, (1, 1), (0, 0), dense)
+    assert not conv_tuning.wgrad_inside(48, 9, (1, 1), (0, 0), (9 * 56, 1, 7 * 56, 56))  # a slice of 56 channels
+    assert not conv_tuning.wgrad_inside(48, 9, (2, 2), (0, 0), dense)  # strided
+    assert not conv_tuning.wgrad_inside(48, 9, (1, 1), (0, 1), dense)  # padded
+    assert not conv_tuning.wgrad_inside(48, 1, (1, 1), (0, 0), dense)  # one tap: its channels are the columns
+    assert not conv_tuning.wgrad_inside(128, 9, (1, 1), (0, 0), (9 * 128, 1, 7 * 128, 128))  # a tap fills a tile
+
+
 # ---- conv1 by space-to-depth ---------------------------------------------------------------------
 
 
@@ -577,8 +614,10 @@ def test_conv1_runs_on_the_channel_block_path(x_shape, out_channels, memory_form
             "_space_to_depth_kernel", "_conv_wgrad_kernel",
         ]  # fmt: skip
         assert ran["_conv_fwd_kernel"]["C_in_g"] == 48 and ran["_conv_fwd_kernel"]["TAPS"] == 9
-        assert not ran["_conv_fwd_kernel"]["PACKED"] and not ran["_conv_wgrad_kernel"]["PACKED"]
-        assert ran["_conv_wgrad_kernel"]["C_in_g"] == ran["_conv_wgrad_kernel"]["COLUMNS"] == 48
+        assert not ran["_conv_fwd_kernel"]["PACKED"]
+        # the weight gradient's columns: every (tap, channel) pair of the blocked 3x3 taps, without bounds
+        assert ran["_conv_wgrad_kernel"]["PACKED"] and ran["_conv_wgrad_kernel"]["INSIDE"]
+        assert ran["_conv_wgrad_kernel"]["C_in_g"] == 48 and ran["_conv_wgrad_kernel"]["COLUMNS"] == 9 * 48
 
 
 # ---- the module --------------------------------------------------------------------------------
