@@ -384,7 +384,9 @@ SPECS = [
         ],
         pointers={"partial_dw_ptr": "*acc", "arrivals_ptr": "*i32"},
         uses_dot=True,
-        configs_for=conv_configs(conv_tuning.WGRAD_CONFIGS, conv_tuning.WGRAD_PACKED_CONFIGS, conv_tuning.wgrad_gathers),
+        configs_for=conv_configs(
+            conv_tuning.WGRAD_CONFIGS, conv_tuning.WGRAD_PACKED_CONFIGS, conv_tuning.wgrad_gathers
+        ),
         divisible=conv_wgrad_divisible,
     ),
     KernelSpec(
