@@ -340,10 +340,11 @@ def crop_moves(a: dict) -> list[tuple[int, int]]:
 
 def crop_trips(a: dict, config) -> tuple[list[float], ...]:
     """As stored, none (a [ROWS, BLOCK] tile). Rescaled, a program's walk down the stored rows its output rows reach,
-    range(first(y0), first(last) + TAPS) (first: the table's starts), and inside, for each stored row, the output
-    rows whose filter ends there (a while loop, 0 or 1 trips when shrinking): their means per program and per stored
-    row, for a centred crop (the training crops' boxes vary about it). The while loop's branch back is a predicated
-    `BRA P, target`; where bench/sass.py does not read that as a loop, its body counts once a stored row."""
+    range(first(y0), first(last) + TAPS) (first: the table's starts), unrolled TAPS rows a trip, and inside, after each
+    of a trip's TAPS stored rows, the output rows whose filter ends there (a while loop, 0 or 1 trips when shrinking):
+    their means per program and per stored row a trip holds, for a centred crop (the training crops' boxes vary about
+    it). A last trip's rows past the walk are skipped on the GPU and counted here. Each while loop's branch back is a
+    predicated `BRA P, target`; where bench/sass.py does not read that as a loop, its body counts once a stored row."""
     taps, size, rows = a["TAPS"], a["size"], config.kwargs["ROWS"]
     if taps == 0:
         return ([],)
@@ -351,10 +352,10 @@ def crop_trips(a: dict, config) -> tuple[list[float], ...]:
     starts, _ = augment.resampling(a["image_ptr"].shape[1], resize)
     top = (resize - size) // 2
     programs = _common.cdiv(size, rows)
-    walked = sum(
-        int(starts[top + min(y0 + rows, size) - 1]) + taps - int(starts[top + y0]) for y0 in range(0, size, rows)
-    )
-    return ([walked / programs, size / walked], [walked / programs])
+    walked = [int(starts[top + min(y0 + rows, size) - 1]) + taps - int(starts[top + y0]) for y0 in range(0, size, rows)]
+    trips = sum(_common.cdiv(rows_walked, taps) for rows_walked in walked) / programs
+    outputs_per_row = size / (trips * taps * programs)
+    return ([trips, *[outputs_per_row] * taps], [trips])
 
 
 # In the order they compile: the slowest (conv) first.

@@ -21,7 +21,8 @@ A program owns ROWS rows of a crop and BLOCK of the 3 * size values in each, (x,
 rows. As stored, the program is one [ROWS, BLOCK] tile. Rescaled, it walks its rows in order: each output row reads
 the rescaled rows its filter spans, and each of those, filtered along its row and rounded, is made once, kept in a
 ring of the last TAPS and shared with the next output rows (an output row moves the ring on by as many stored rows
-as its filter's start moves: about the scale), so a value costs TAPS gathers a stored row it needs, not TAPS^2.
+as its filter's start moves: about the scale), so a value costs TAPS gathers a stored row it needs, not TAPS^2. The
+walk is unrolled by TAPS, so that the ring's slots are renamed, not copied.
 """
 
 import functools
@@ -40,10 +41,11 @@ from . import _common, autotune, expected
 # ROWS rows x BLOCK values of a row a program: 2 values a thread at 4 warps, 4 at 2, 8 at 1 (BLOCK is a power of
 # two: 256 leaves 11-12% of a 224-227 crop's 672-681-value rows idle, 512 a third). sm_90 census (bench/memory_model.py)
 # in bf16: as stored (227 crops of a 256 store) every config's modeled bound is 1.00, 560-6,232 instructions a program
-# (0.33 with a value a lane and its own index arithmetic); rescaled, the walk's best is at 8 values a thread, 256 -> 253
-# (3 taps) 0.68 and 256 -> 76 (7 taps) 0.68 with both loops read (the census reads the inner `while` as straight code:
-# 0.74 and 0.51), from 0.06 and 0.08 with each value's own TAPS^2 gathers: TAPS gathers, conversions and multiply-adds
-# a value and stored row remain most of it. Not yet measured on a GPU for this project.
+# (0.33 with a value a lane and its own index arithmetic); rescaled, the walk's best is at 8 values a thread: 256 -> 253
+# (3 taps) 0.87 and 256 -> 76 (7 taps) 0.86, from 0.06 and 0.08 with each value's own TAPS^2 gathers, 0.75 and 0.68
+# with a ring moved each row and each rounding's own addition. What remains is TAPS gathers, conversions and
+# multiply-adds a value and stored row. At 8 values a thread a 67 crop makes 2 programs of one warp: 256 programs on
+# 132 SMs, which the model (issue and bytes only) does not see. Not yet measured on a GPU for this project.
 _GPU_CONFIGS = [
     triton.Config({"ROWS": 16, "BLOCK": 256}, num_warps=4),
     triton.Config({"ROWS": 32, "BLOCK": 256}, num_warps=2),
@@ -101,22 +103,33 @@ BOX_COLUMNS = 4  # sample index, top, left, flip (0 or 1)
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.jit
-def _whole_grey_level(value):
-    """The nearest grey level, halves rounded up: what a uint8 resize stores. No clamp to [0, 255] is needed: the
-    filter's weights are nonnegative and sum to 1 within fp32 rounding (resampling), so a filtered value of grey
-    levels lies in [0, 255.001], which rounds into [0, 255]."""
-    return tl.floor(value + 0.5)
+# Filtered sums start from a half and are rounded down: the nearest grey level, halves rounded up, as a uint8 resize
+# stores it, without an addition of its own (the half rounds with the sum as another tap would). No clamp to [0, 255]
+# is needed: the filter's weights are nonnegative and sum to 1 within fp32 rounding (resampling), so a filtered value
+# of grey levels lies in [0, 255.001], which rounds into [0, 255].
+HALF = tl.constexpr(0.5)
 
 
 @triton.jit
 def _along_row(first_taps, column_weights, PIXEL: tl.constexpr, TAPS: tl.constexpr):
     """A stored row filtered along the row for each value (first_taps: its filter's first tap in the row), rounded to
     a whole grey level."""
-    total = tl.zeros(first_taps.shape, dtype=tl.float32)
+    total = tl.full(first_taps.shape, HALF, dtype=tl.float32)
     for t in tl.static_range(TAPS):
         total += column_weights[t] * tl.load(first_taps + t * PIXEL).to(tl.float32)
-    return _whole_grey_level(total)
+    return tl.floor(total)
+
+
+@triton.jit
+def _put(ring, slot: tl.constexpr, value):
+    """ring with value in place of ring[slot]."""
+    placed = ()
+    for i in tl.static_range(len(ring)):
+        if i == slot:
+            placed += (value,)
+        else:
+            placed += (ring[i],)
+    return placed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,29 +194,33 @@ def _crop_normalize_kernel(
             column_weights += (tl.load(weight_ptr + source_x * TAPS + t),)
         # The walk down the stored rows the program's output rows reach, in order: each one filtered along its row
         # into a ring of the last TAPS; an output row is made once the ring holds its filter's rows, first(y) ..
-        # first(y) + TAPS - 1 (first: the table's starts, nondecreasing).
+        # first(y) + TAPS - 1 (first: the table's starts, nondecreasing). The walk is unrolled TAPS rows a trip, the
+        # k-th into slot k, so that the ring's slots are renamed rather than moved (a move per slot and value each
+        # row: a ninth of the walk's instructions at 7 taps).
         ring = ()
         for _ in tl.static_range(TAPS):
             ring += (tl.zeros([BLOCK], dtype=tl.float32),)
         y = y0
         last = tl.minimum(y0 + ROWS, size) - 1
         first = tl.load(start_ptr + top + y)
-        for row in range(first, tl.load(start_ptr + top + last) + TAPS):
-            filtered = _along_row(columns + row * stride_image_h, column_weights, PIXEL, TAPS)
-            moved = ()
-            for t in tl.static_range(1, TAPS):
-                moved += (ring[t],)
-            ring = moved + (filtered,)
-            # The output rows whose filter ends here: one at most while the starts move on (shrinking), more where
-            # they are held back at the image's last rows (resampling).
-            while (first + TAPS - 1 == row) & (y <= last):
-                total = tl.zeros([BLOCK], dtype=tl.float32)
-                for t in tl.static_range(TAPS):
-                    total += tl.load(weight_ptr + (top + y) * TAPS + t) * ring[t]
-                value = ((_whole_grey_level(total) + shift) - mean) * scale
-                tl.store(out + y * stride_out_h, value.to(out_ptr.dtype.element_ty), mask=in_row)
-                y += 1
-                first = tl.load(start_ptr + top + tl.minimum(y, last))
+        end = tl.load(start_ptr + top + last) + TAPS
+        for trip in range(first, end, TAPS):
+            for k in tl.static_range(TAPS):
+                row = trip + k
+                if row < end:
+                    filtered = _along_row(columns + row * stride_image_h, column_weights, PIXEL, TAPS)
+                    ring = _put(ring, k, filtered)
+                    # The output rows whose filter ends here: one at most while the starts move on (shrinking), more
+                    # where they are held back at the image's last rows (resampling). Their filter's rows, oldest
+                    # first, are in slots k + 1, ..., k + TAPS (mod TAPS).
+                    while (first + TAPS - 1 == row) & (y <= last):
+                        total = tl.full([BLOCK], HALF, dtype=tl.float32)
+                        for t in tl.static_range(TAPS):
+                            total += tl.load(weight_ptr + (top + y) * TAPS + t) * ring[(k + 1 + t) % TAPS]
+                        value = ((tl.floor(total) + shift) - mean) * scale
+                        tl.store(out + y * stride_out_h, value.to(out_ptr.dtype.element_ty), mask=in_row)
+                        y += 1
+                        first = tl.load(start_ptr + top + tl.minimum(y, last))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -510,27 +510,26 @@ MUTANTS = [
     Mutant(
         "crop-resample-row-rounding-dropped",
         "kernels/augment.py",
-        "        total += column_weights[t] * tl.load(first_taps + t * PIXEL).to(tl.float32)\n"
-        "    return _whole_grey_level(total)\n",
-        "        total += column_weights[t] * tl.load(first_taps + t * PIXEL).to(tl.float32)\n    return total\n",
+        "    return tl.floor(total)\n",
+        "    return total - HALF\n",
         AUGMENT,
         "the first pass keeps its fractions: a grey level off on about a third of the pixels of a rescaled crop",
     ),
     Mutant(
         "crop-resample-ring-reversed",
         "kernels/augment.py",
-        "            ring = moved + (filtered,)\n",
-        "            ring = (filtered,) + moved\n",
+        "ring[(k + 1 + t) % TAPS]",
+        "ring[(k + TAPS - t) % TAPS]",
         AUGMENT,
-        "the newest filtered row takes the oldest's place: each rescaled row weighs its stored rows in the wrong order",
+        "each rescaled row weighs its stored rows in reverse order, the newest with the oldest's weight",
     ),
     Mutant(
         "crop-resample-row-made-late",
         "kernels/augment.py",
-        "            while (first + TAPS - 1 == row) & (y <= last):\n",
-        "            while (first + TAPS == row) & (y <= last):\n",
+        "                    while (first + TAPS - 1 == row) & (y <= last):\n",
+        "                    while (first + TAPS == row) & (y <= last):\n",
         AUGMENT,
-        "an output row is made a stored row late, from a ring moved on by one (and a block's last row never)",
+        "an output row is made a stored row late, from a ring one row on (and a block's last row never)",
     ),
 ]
 
