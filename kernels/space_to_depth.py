@@ -128,7 +128,7 @@ def space_to_depth_weight(weight: torch.Tensor, stride: tuple[int, int]) -> torc
 
 def depth_to_space_weight(blocked: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
     """The inverse of space_to_depth_weight, its padding dropped: [C_out, SH*SW*C, KBH, KBW] -> [C_out, C, KH, KW] (a
-    view). The blocked convolution's weight gradient maps back to the original's by it."""
+    copy: the blocks' taps interleave). The blocked convolution's weight gradient maps back to the original's by it."""
     C_out, _, KBH, KBW = blocked.shape
     SH, SW = stride
     C = blocked.shape[1] // (SH * SW)

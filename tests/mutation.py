@@ -10,8 +10,10 @@ temporary directory, with alexnet_triton/kernels a real copy of kernels/ (the pa
 them), the replacement is applied there (a snippet not found exactly once is an error: mutants cannot silently rot),
 and `python -m pytest -q -x -p no:cacheprovider <its tests>` runs in the copy under Triton's interpreter on the CPU
 (TRITON_INTERPRET=1, no GPU visible, PYTHONPATH and the working directory the copy, whose modules are imported: checked
-once). Failing tests kill the mutant; passing ones let it survive. A baseline run of the same selections without any
-mutant comes first, since a kill by a test that fails anyway proves nothing.
+once). Failing tests kill the mutant; passing ones let it survive. Each test that kills a mutant then runs once on
+the copy without any mutant (the baseline), since a kill by a test that fails anyway proves nothing: a killing test
+that fails there too makes the mutant's result an error. A kill by a crash names no test; its whole selection is the
+baseline then.
 
 Prints a table and "N of M mutants killed in S s"; exits 1 if any mutant survives (or a run errs or times out).
 --fast runs one mutant per kernel file, for CI; --only runs the named ones; --list shows them and checks that every
@@ -660,7 +662,8 @@ class Outcome:
     detail: str  # the first failing test, or why the run erred
 
 
-FAILED = re.compile(r"^(FAILED|ERROR) (\S+)", re.MULTILINE)
+# pytest's short summary: "FAILED <node id> - <message>" (a parametrized id may hold spaces).
+FAILED = re.compile(r"^(FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
 
 
 def run_tests(copy: Path, tests: tuple[str, ...], timeout: float, *, stop_at_first: bool = True) -> Outcome:
@@ -693,20 +696,26 @@ def run(mutants: list[Mutant], *, baseline: bool, keep: bool, timeout: float, ou
         base = snapshot(work / "base")
         clean = prepare(base, work / "clean", None)
         print(f"the copies import from:\n{check_imports(clean)}", file=out, flush=True)
-        if baseline:
-            for tests in dict.fromkeys(m.tests for m in mutants):
-                outcome = run_tests(clean, tests, timeout, stop_at_first=False)
-                line = f"baseline {shlex.join(tests)}: {outcome.result} in {outcome.seconds:.0f} s"
+        baselines: dict[tuple[str, ...], Outcome] = {}  # the tests run without a mutant: how they ended
+
+        def passes_unmutated(tests: tuple[str, ...]) -> Outcome:
+            if tests not in baselines:
+                baselines[tests] = run_tests(clean, tests, timeout, stop_at_first=False)
+                line = f"baseline {shlex.join(tests)}: {baselines[tests].result} in {baselines[tests].seconds:.0f} s"
                 print(line, file=out, flush=True)
-                if outcome.result != "passed":
-                    print(f"the tests do not pass without a mutant ({outcome.detail}): no kill would mean anything",
-                          file=out)  # fmt: skip
-                    return 2
+            return baselines[tests]
+
         rows = []
         for mutant in mutants:
             copy = prepare(base, work / mutant.name, mutant)
             outcome = run_tests(copy, mutant.tests, timeout)
             result = {"failed": "killed", "passed": "survived"}.get(outcome.result, outcome.result)
+            if result == "killed" and baseline:
+                killer = (outcome.detail,) if "::" in outcome.detail else mutant.tests  # a crash names no test
+                unmutated = passes_unmutated(killer)
+                if unmutated.result != "passed":
+                    result = "error"
+                    outcome = Outcome("error", outcome.seconds, f"fails without the mutant too: {unmutated.detail}")
             rows.append((mutant, result, outcome))
             first_line = outcome.detail.splitlines()[0] if outcome.detail else ""
             print(f"{mutant.name:34} {result:9} {outcome.seconds:6.1f} s  {first_line}", file=out, flush=True)
@@ -757,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NAME", help="run this mutant (repeatable)")
     parser.add_argument("--fast", action="store_true", help="one mutant per kernel file (for CI)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
-                        help="skip the run of the selections without a mutant")  # fmt: skip
+                        help="skip the run of each killing test without a mutant")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the copies (their directory is printed)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per pytest run (default 900)")
     args = parser.parse_args(argv)

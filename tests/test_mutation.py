@@ -85,3 +85,44 @@ def test_list_names_every_mutant(capsys):
     assert main(["--list"]) == 0
     listed = re.findall(r"^(\S+)", capsys.readouterr().out, re.MULTILINE)
     assert listed[: len(MUTANTS)] == [m.name for m in MUTANTS]
+
+
+def test_a_kill_counts_only_if_the_killing_test_passes_without_the_mutant(monkeypatch, tmp_path):
+    # The baseline is each killing test run once on the unmutated copy: a test that fails there too proves nothing.
+    mutants = [
+        Mutant("real", "kernels/a.py", "x", "y", ("tests/t.py",), "why"),
+        Mutant("also-real", "kernels/a.py", "x", "z", ("tests/t.py",), "why"),
+        Mutant("broken-test", "kernels/b.py", "x", "y", ("tests/u.py",), "why"),
+        Mutant("crash", "kernels/c.py", "x", "y", ("tests/v.py", "-k", "c"), "why"),
+    ]
+    killers = {"real": "tests/t.py::test_a[as stored]", "also-real": "tests/t.py::test_a[as stored]",
+               "broken-test": "tests/u.py::test_b", "crash": "crashed (signal 11)"}  # fmt: skip
+    unmutated = []
+
+    def run_tests(copy, tests, timeout, *, stop_at_first=True):
+        if copy.name == "clean":
+            unmutated.append(tests)
+            return mutation.Outcome("failed" if tests == ("tests/u.py::test_b",) else "passed", 1.0, "tests/u.py::x")
+        return mutation.Outcome("failed", 1.0, killers[copy.name])
+
+    monkeypatch.setattr(mutation, "check_mutants", lambda mutants: None)
+    monkeypatch.setattr(mutation, "snapshot", lambda destination: destination)
+    monkeypatch.setattr(mutation, "prepare", lambda base, destination, mutant: destination)
+    monkeypatch.setattr(mutation, "check_imports", lambda copy: "")
+    monkeypatch.setattr(mutation, "run_tests", run_tests)
+    out = tmp_path / "out.txt"
+    with out.open("w") as file:
+        assert mutation.run(mutants, baseline=True, keep=False, timeout=1, out=file) == 1
+    printed = out.read_text()
+    assert re.search(r"^real +killed", printed, re.MULTILINE) and re.search(r"^also-real +killed", printed, re.M)
+    assert re.search(r"^broken-test +error +1.0 s +fails without the mutant too", printed, re.MULTILINE)
+    assert re.search(r"^crash +killed", printed, re.MULTILINE)
+    # Each killing test once; a crash names none, so its mutant's whole selection is run.
+    assert unmutated == [("tests/t.py::test_a[as stored]",), ("tests/u.py::test_b",), ("tests/v.py", "-k", "c")]
+
+
+def test_the_failing_test_is_read_whole_from_pytests_summary():
+    summary = "FAILED tests/t.py::test_a[as stored] - AssertionError: x - y\nERROR tests/u.py::test_b\n"
+    assert [match.group(2) for match in mutation.FAILED.finditer(summary)] == [
+        "tests/t.py::test_a[as stored]", "tests/u.py::test_b"
+    ]  # fmt: skip
