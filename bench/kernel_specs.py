@@ -41,6 +41,10 @@ from bench.offline_compile import compile_jobs
 
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 DTYPES = [TRITON_TYPES[dtype] for dtype in _common.SUPPORTED_DTYPES]
+# The dtypes AlexNet trains in: a default compile (all_configs False) takes every config of a kernel file's list in
+# them and only its first in the others (fp16 runs bf16's code at another type; fp64 is for gradcheck), whose
+# compiles would otherwise be a third of tests/test_gpu_compile.py's (the LRN+pool forward's, 10-30 s each).
+TRAINING_DTYPES = ("bf16", "fp32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -571,7 +575,8 @@ def compile_cases(spec: KernelSpec, *, all_configs: bool = False) -> list[dict]:
                 configs = configs if all_configs else configs[:1]
             else:  # the kernel file's list: under the interpreter the kernels are not autotuned
                 configs = getattr(sys.modules[spec.function.__module__], spec.configs_attribute)
-                configs = configs if all_configs else spec.default_configs(configs)
+                if not all_configs:
+                    configs = spec.default_configs(configs) if dtype in TRAINING_DTYPES else configs[:1]
             for config in configs:
                 constexprs = {**meta, **config.kwargs}
                 missing = {name for name, is_constexpr in flags.items() if is_constexpr} - set(constexprs)

@@ -7,7 +7,9 @@ machine: `bench.kernel_specs` says how each kernel is compiled, and `bench.offli
 process (TRITON_INTERPRET is read when triton is imported).
 
 `pytest -s tests/test_gpu_compile.py` prints the shared memory, registers and spills of every compile.
-ALEXNET_TRITON_COMPILE_ALL_CONFIGS=1 compiles every conv config, not just the default one (several minutes).
+By default each conv kernel compiles its first config per precision, and the other kernels every config in bf16 and
+fp32 (AlexNet's) and their first in fp16 and fp64 (bench.kernel_specs.TRAINING_DTYPES);
+ALEXNET_TRITON_COMPILE_ALL_CONFIGS=1 compiles every config of every kernel (several minutes).
 A conv config (the kernels with tl.dot) that spills registers fails: the census (python -m bench.census) chose
 configs that do not, and a spill in the hot loop costs more than the tile gains. So does one with more than 4 warps
 (their loops' div/mod index math miscompiled at 8: triton-lang/triton#1254), and a second config for ReLU's mask
