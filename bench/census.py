@@ -615,28 +615,13 @@ def goals(rows: list[Row]) -> list[str]:
     lines = []
     for role, kernel, flags in GOALS:
         for precision, wanted in GOAL_BOUND.items():
-            candidates = [
-                row
-                for row in rows
-                if row.kernel == kernel
-                and row.precision == precision
-                and set(flags.split()) <= set(row.variant.split())
-                and not row.error
-                and not row.spills
-                and row.bound is not None
-                and row.loop.async_copies > 0
-            ]
             if not any(row.kernel == kernel and row.precision == precision for row in rows):
                 continue
-            best = max(candidates, key=lambda row: row.bound, default=None)
+            best = _best(rows, kernel, precision, set(flags.split()), async_copies=True)
             if best is None:
                 lines.append(f"- {role}, {precision}: NOT MET (no config without spills and with async copies)")
                 continue
-            verdict = "met" if best.bound >= wanted else "NOT MET"
-            lines.append(
-                f"- {role}, {precision}: {verdict}: bound {best.bound:.2f} (goal {wanted}) with {best.config}, "
-                f"{best.loop.length}-instruction hot loop, {best.loop.async_copies} async copies, no spills"
-            )
+            lines.append(_goal_line(role, precision, best, wanted, ""))
     conv = [row for row in rows if row.kernel in CONV_KERNELS and not row.error]
     if conv:
         spilling = [row for row in conv if row.spills]
@@ -742,24 +727,38 @@ def conv1_goals(rows: list[Row]) -> list[str]:
             shape = f"{named['C_out_g']} x {named['C_in_g']} channels"
             variant_meta = {flag: named[flag] for flag in ("PACKED", "INSIDE") if flag in named}
             mismatch = _compiled_as_launched(SPEC_BY_NAME[kernel], named, variant_meta)
-            candidates = [
-                row
-                for row in rows
-                if row.kernel == kernel and row.precision == precision and words <= set(row.variant.split())
-                and row.config in named["candidates"] and not row.error and not row.spills and row.bound is not None
-            ]  # fmt: skip
-            best = max(candidates, key=lambda row: row.bound, default=None)
+            best = _best(rows, kernel, precision, words, configs=named["candidates"])
             if best is None or mismatch:
                 why = "; ".join(mismatch) or "no compiled variant without spills"
                 lines.append(f"- {role}, {precision}: NOT MET ({' '.join(sorted(words))}: {why})")
                 continue
-            verdict = "met" if best.bound >= wanted else "NOT MET"
-            lines.append(
-                f"- {role}, {precision}: {verdict}: bound {best.bound:.2f} (goal {wanted}) as launched at batch 128 "
-                f"({' '.join(sorted(words))}, {shape}) with {best.config}, {best.loop.length}-instruction hot loop, "
-                f"{best.loop.async_copies} async copies, no spills"
-            )
+            launch = f" as launched at batch 128 ({' '.join(sorted(words))}, {shape})"
+            lines.append(_goal_line(role, precision, best, wanted, launch))
     return lines
+
+
+def _best(
+    rows: list[Row], kernel: str, precision: str, words: set[str], *, async_copies: bool = False, configs=None
+) -> Row | None:
+    """The highest-bound compiled row of a kernel at a precision whose variant label holds `words`, without errors or
+    spills (and, if asked, with async copies in its hot loop, or with one of `configs`); None if there is none."""
+    usable = [
+        row
+        for row in rows
+        if row.kernel == kernel and row.precision == precision and words <= set(row.variant.split())
+        and not row.error and not row.spills and row.bound is not None
+        and (row.loop.async_copies > 0 or not async_copies) and (configs is None or row.config in configs)
+    ]  # fmt: skip
+    return max(usable, key=lambda row: row.bound, default=None)
+
+
+def _goal_line(role: str, precision: str, best: Row, wanted: float, launch: str) -> str:
+    """A goal's line for its best row (launch: how conv1's was launched, or nothing)."""
+    verdict = "met" if best.bound >= wanted else "NOT MET"
+    return (
+        f"- {role}, {precision}: {verdict}: bound {best.bound:.2f} (goal {wanted}){launch} with {best.config}, "
+        f"{best.loop.length}-instruction hot loop, {best.loop.async_copies} async copies, no spills"
+    )
 
 
 def software() -> str:

@@ -114,7 +114,7 @@ def with_tf32(dtype: str, **meta) -> list[dict]:
 
 
 def conv_configs(
-    lists: dict, packed_lists: dict | None = None, gathers: Callable[[dict], bool] = lambda meta: meta["PACKED"]
+    lists: dict, packed_lists: dict | None = None, gathers: Callable[[dict], bool] = conv_tuning.packed
 ) -> Callable[[str, dict], list[triton.Config]]:
     """A conv kernel's configs for a dtype and variant: its list for the precision tl.dot runs in (from packed_lists
     for a variant that gathers each element on its own, if given: by default a PACKED one)."""

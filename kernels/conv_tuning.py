@@ -142,11 +142,15 @@ def _fitting(configs: list[triton.Config], block: str, size: int) -> list[triton
     return [c for c in configs if fit // 4 < c.kwargs[block] <= fit]
 
 
-def prune(class_configs: dict, pointer: str, extents: dict, packed_configs: dict | None = None, gathers=None):
+def packed(args: dict) -> bool:
+    """Whether a conv launch gathers each element on its own (its packed configs): the forward's PACKED launches."""
+    return args["PACKED"]
+
+
+def prune(class_configs: dict, pointer: str, extents: dict, packed_configs: dict | None = None, gathers=packed):
     """An early_config_prune for _common.tuned: the launch's precision class (from packed_configs for a launch that
     gathers each element on its own, if given: gathers(args), by default a PACKED one), then each block fitted to its
     extent (block -> the argument's name, or a function of the arguments)."""
-    gathers = gathers or (lambda args: args["PACKED"])
 
     def prune(configs: list[triton.Config], args: dict) -> list[triton.Config]:
         lists = packed_configs if packed_configs is not None and gathers(args) else class_configs
